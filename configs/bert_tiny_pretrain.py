@@ -1,0 +1,74 @@
+"""Tiny BERT pretraining on the embedded corpus: the CPU quickstart.
+
+    python -m bertjax.main --config=configs/bert_tiny_pretrain.py --workdir=/tmp/bert_tiny
+
+Any key can be overridden on the command line, e.g. `--config.total_steps=100`.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """Returns the tiny pretraining config (L2/H128, seq 128, embedded corpus)."""
+    config = ml_collections.ConfigDict()
+    config.task = "bert_pretrain"
+    config.seed = 0
+
+    # Model: a size preset plus overrides (see bertjax/models/config.py).
+    config.model = ml_collections.ConfigDict()
+    config.model.preset = "tiny"
+    config.model.vocab_size = 0  # 0: take the tokenizer's vocabulary size.
+    config.model.max_position_embeddings = 128
+    config.model.dtype = "float32"  # compute dtype; "bfloat16" for mixed precision
+    config.model.param_dtype = "float32"
+    config.model.remat = "none"
+
+    # Data (bertjax/data): google-research/bert flag names where one exists.
+    config.data = ml_collections.ConfigDict()
+    config.data.source = "embedded"  # "embedded" | "text_files" | "tfds"
+    config.data.text_files = ""  # path or glob, comma-separated allowed
+    config.data.text_format = "bert"  # "bert" (sentence per line) | "paragraphs"
+    config.data.tfds_name = ""  # e.g. "wikipedia/20230601.en"
+    config.data.tfds_split = "train"
+    config.data.vocab_file = ""  # empty: train a WordPiece vocabulary from the corpus
+    config.data.vocab_size = 8192  # size of a trained vocabulary
+    config.data.do_lower_case = True
+    config.data.max_seq_length = 128
+    config.data.max_predictions_per_seq = 20
+    config.data.masked_lm_prob = 0.15
+    config.data.short_seq_prob = 0.1
+    config.data.do_whole_word_mask = False
+    config.data.sentence_objective = "nsp"  # "nsp" | "sop" | "none"
+    config.data.dupe_factor = 5
+    config.data.eval_fraction = 0.02  # documents held out for eval
+    config.data.min_document_chars = 20
+    config.data.dedup_documents = True
+    config.data.unicode_errors = "strict"  # "strict" | "replace"
+
+    # Training.
+    config.batch_size = 32  # global batch size
+    config.total_steps = 2000
+    config.log_every = 50
+    config.eval_every = 500
+    config.eval_batches = 8
+    config.checkpoint_every = 500
+    config.keep_checkpoints = 3
+    config.nsp_weight = 1.0  # lambda in L = L_MLM + lambda * L_NSP
+
+    config.optim = ml_collections.ConfigDict()
+    config.optim.name = "adamw"  # "adamw" | "lamb"
+    config.optim.learning_rate = 1e-3
+    config.optim.warmup_steps = 200
+    config.optim.weight_decay = 0.01
+    config.optim.b1 = 0.9
+    config.optim.b2 = 0.999
+    config.optim.eps = 1e-6
+    config.optim.grad_clip_norm = 1.0
+    config.optim.grad_accum_steps = 1
+
+    # Mesh: sizes of the (data, fsdp, tensor) axes; -1 fills what is left.
+    config.mesh = ml_collections.ConfigDict()
+    config.mesh.data = -1
+    config.mesh.fsdp = 1
+    config.mesh.tensor = 1
+    return config

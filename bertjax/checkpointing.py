@@ -1,0 +1,223 @@
+"""Checkpoints: the only module that talks to Orbax.
+
+Layout of a run directory::
+
+    WORKDIR/checkpoints/<step>/state/   params, optimizer state, step, RNG (Orbax, sharded arrays)
+    WORKDIR/checkpoints/<step>/data/    each host's data-iterator position, one JSON per process
+    WORKDIR/best/<step>/params/         params of the best eval so far (tasks with a best metric)
+    WORKDIR/best/<step>/metrics/        the eval metrics of that step (JSON)
+
+Saves are asynchronous (the arrays are copied to host memory, then written in the background
+while training continues) and atomic: Orbax writes into a temporary directory and renames it
+when every host has finished, so a run killed mid-save leaves only complete checkpoints behind
+and `latest_step()` never sees a partial one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+# ---------------------------------------------------------------------------------------------
+# Per-host JSON (the data iterator's position differs on every host).
+# ---------------------------------------------------------------------------------------------
+
+
+def _host_file(directory: epath.Path) -> epath.Path:
+    return directory / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+
+
+class HostStateHandler(ocp.CheckpointHandler):
+    """Saves a JSON-able dict per process (Orbax's JsonSave writes only the primary host's)."""
+
+    def save(self, directory: epath.Path, args: HostStateSave) -> None:
+        _host_file(directory).write_text(json.dumps(args.state, sort_keys=True))
+
+    def restore(self, directory: epath.Path, args: HostStateRestore | None = None) -> dict:
+        path = _host_file(directory)
+        if not path.exists():
+            found = sorted(p.name for p in directory.iterdir())
+            raise ValueError(
+                f"{path} does not exist: this checkpoint was written by a different number of "
+                f"processes (found {found}); restart with the same number of processes"
+            )
+        return json.loads(path.read_text())
+
+    def metadata(self, directory: epath.Path) -> None:
+        return None
+
+    def finalize(self, directory: epath.Path) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@ocp.args.register_with_handler(HostStateHandler, for_save=True)
+@dataclasses.dataclass
+class HostStateSave(ocp.args.CheckpointArgs):
+    state: dict[str, Any]
+
+
+@ocp.args.register_with_handler(HostStateHandler, for_restore=True)
+@dataclasses.dataclass
+class HostStateRestore(ocp.args.CheckpointArgs):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Training checkpoints.
+# ---------------------------------------------------------------------------------------------
+
+
+class Checkpointer:
+    """Saves and restores the train state and the data position of a run directory.
+
+    `state` is the train loop's pytree (a dict of arrays); `data_state` this host's
+    iterator position (`iterator.get_state()`).
+    """
+
+    def __init__(self, workdir: str | pathlib.Path, *, keep: int, async_save: bool = True):
+        self.directory = epath.Path(workdir) / "checkpoints"
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep,
+            create=True,
+            enable_async_checkpointing=async_save,
+            # Leftovers of a save that was killed midway are removed on start-up.
+            cleanup_tmp_directories=True,
+        )
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        """The step of the newest complete checkpoint, or None."""
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._manager.all_steps())
+
+    def save(self, step: int, state: Any, data_state: Mapping[str, Any] | None) -> None:
+        """Starts an asynchronous save of `state` (+ this host's data position) at `step`."""
+        # Copy the position now: the iterator moves on while Orbax writes.
+        data = json.loads(json.dumps(dict(data_state or {})))
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=HostStateSave(data))
+        self._manager.save(step, args=args, force=True)
+
+    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
+        """(state, data_state) of `step`, with arrays laid out as `abstract_state`'s shardings.
+
+        `abstract_state` is a tree of `jax.ShapeDtypeStruct` with `.sharding` set.
+        """
+        args = ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), data=HostStateRestore()
+        )
+        restored = self._manager.restore(step, args=args)
+        return restored["state"], restored["data"]
+
+    def wait(self) -> None:
+        """Blocks until every started save is on disk."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+class BestCheckpointer:
+    """Keeps the params of the best evaluation so far in WORKDIR/best (one checkpoint)."""
+
+    def __init__(self, workdir: str | pathlib.Path, metric: str, mode: str):
+        if mode not in ("max", "min"):
+            raise ValueError(f"best-metric mode {mode!r} must be 'max' or 'min'")
+        self.metric, self.mode = metric, mode
+        self.directory = epath.Path(workdir) / "best"
+        options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self.best_value: float | None = None
+        self.best_step: int | None = self._manager.latest_step()
+        if self.best_step is not None:  # resumed run: compare against what is on disk
+            metrics = self._manager.restore(
+                self.best_step, args=ocp.args.Composite(metrics=ocp.args.JsonRestore())
+            )["metrics"]
+            self.best_value = float(metrics[metric])
+
+    def is_better(self, value: float) -> bool:
+        if self.best_value is None:
+            return True
+        return value > self.best_value if self.mode == "max" else value < self.best_value
+
+    def maybe_save(self, step: int, params: Any, metrics: Mapping[str, float]) -> bool:
+        """Saves `params` when `metrics[self.metric]` beats the best so far; True if it did."""
+        if self.metric not in metrics:
+            raise KeyError(
+                f"best metric {self.metric!r} is not among the eval metrics {sorted(metrics)}"
+            )
+        value = float(metrics[self.metric])
+        if not self.is_better(value):
+            return False
+        self.best_value, self.best_step = value, step
+        args = ocp.args.Composite(
+            params=ocp.args.StandardSave(params),
+            metrics=ocp.args.JsonSave({k: float(v) for k, v in metrics.items()}),
+        )
+        self._manager.save(step, args=args, force=True)
+        return True
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading params for another run (fine-tuning from a pretraining run, evaluation, conversion).
+# ---------------------------------------------------------------------------------------------
+
+
+def _step_dir(path: epath.Path) -> tuple[epath.Path, str]:
+    """(step directory, item name) that `path` points at; see `restore_params`."""
+
+    def latest(root: epath.Path) -> epath.Path:
+        steps = sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit())
+        if not steps:
+            raise FileNotFoundError(f"no complete checkpoint in {root}")
+        return root / str(steps[-1])
+
+    if (path / "best").is_dir() and any((path / "best").iterdir()):
+        return latest(path / "best"), "params"
+    if (path / "checkpoints").is_dir():
+        return latest(path / "checkpoints"), "state"
+    if (path / "state").is_dir():
+        return path, "state"
+    if (path / "params").is_dir():
+        return path, "params"
+    if path.is_dir() and any(p.name.isdigit() for p in path.iterdir()):
+        step_dir = latest(path)
+        return step_dir, "params" if (step_dir / "params").is_dir() else "state"
+    raise FileNotFoundError(
+        f"{path} is not a bertjax workdir, checkpoints directory or checkpoint step directory"
+    )
+
+
+def restore_params(path: str | pathlib.Path) -> dict[str, Any]:
+    """The params of a bertjax checkpoint as a tree of numpy arrays (on the host).
+
+    `path` may be a run directory (its best checkpoint when it has one, else its latest), its
+    `checkpoints/` or `best/` directory (latest step), or one step directory.
+    """
+    step_dir, item = _step_dir(epath.Path(path))
+    item_dir = step_dir / item
+    metadata = ocp.PyTreeCheckpointer().metadata(item_dir)
+    tree = getattr(metadata, "item_metadata", None) or metadata
+    tree = getattr(tree, "tree", tree)
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    restored = ocp.PyTreeCheckpointer().restore(
+        item_dir, args=ocp.args.PyTreeRestore(restore_args=restore_args)
+    )
+    return restored["params"] if item == "state" else restored

@@ -1,0 +1,114 @@
+"""Generate text from a GPT-2: a bertjax run directory or a Hugging Face GPT-2 directory.
+
+    python -m bertjax.generate_cli --checkpoint=/tmp/gpt_tiny --prompt="The import statement"
+    python -m bertjax.generate_cli --checkpoint=path/to/hf_gpt2 --prompt="Hello" \
+        --prompt="Once upon a time" --max_new_tokens=40 --temperature=0.8 --top_p=0.95
+
+A Hugging Face directory holds config.json + model.safetensors and its tokenizer (tokenizer.json,
+or vocab.json + merges.txt). A bertjax run directory (`--workdir` of `bertjax.main` with the
+causal_lm task) holds checkpoints/, model_config.json and tokenizer/; its best checkpoint is used
+when it has one, else its latest. `--tokenizer=DIR` overrides where the tokenizer is read from.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+from absl import app, flags
+
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", None, "bertjax run directory or Hugging Face GPT-2 directory.", required=True
+)
+_PROMPT = flags.DEFINE_multi_string("prompt", [], "Prompt text (repeat the flag for a batch).")
+_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 50, "Tokens to generate per prompt.")
+_TEMPERATURE = flags.DEFINE_float("temperature", 0.8, "0 = greedy decoding.")
+_TOP_K = flags.DEFINE_integer("top_k", 0, "Sample among the k most likely tokens (0 = all).")
+_TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (1 = off).")
+_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+_TOKENIZER = flags.DEFINE_string("tokenizer", None, "Directory of the tokenizer (overrides).")
+_PREPEND_EOT = flags.DEFINE_bool(
+    "prepend_eot",
+    True,
+    "Start each prompt with <|endoftext|>, as every document starts in training (GPT-2 "
+    "convention); it is not printed.",
+)
+
+
+def load_model(checkpoint: str, tokenizer_dir: str | None = None):
+    """(model, params, tokenizer) of a bertjax run directory or a Hugging Face GPT-2 directory."""
+    from bertjax import models
+    from bertjax.data.bpe import ByteBPETokenizer
+
+    path = pathlib.Path(checkpoint)
+    if (path / "config.json").is_file():  # Hugging Face layout
+        from bertjax.convert import from_hf
+
+        cfg, params = from_hf(path)
+        default_tokenizer = path
+    else:
+        from bertjax.checkpointing import restore_params
+
+        params = restore_params(path)
+        cfg = _run_model_config(path, params)
+        default_tokenizer = path / "tokenizer"
+    if cfg.model_type != "gpt2":
+        raise ValueError(f"{checkpoint}: model_type {cfg.model_type!r}; generation needs GPT-2")
+    tokenizer = ByteBPETokenizer.from_dir(str(tokenizer_dir or default_tokenizer))
+    if tokenizer.vocab_size > cfg.vocab_size:
+        raise ValueError(
+            f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {cfg.vocab_size}"
+        )
+    return models.build(cfg), params, tokenizer
+
+
+def _run_model_config(path: pathlib.Path, params):
+    """The ModelConfig of a bertjax run: model_config.json, else read off the param shapes."""
+    from bertjax import models
+
+    saved = path / "model_config.json"
+    if saved.is_file():
+        return models.ModelConfig.from_dict(json.loads(saved.read_text()))
+    # Older runs: every size is in the shapes; the rest are GPT-2's fixed settings.
+    vocab, hidden = params["word_embeddings"]["embedding"].shape
+    heads = params["layer_0"]["attention"]["query"]["kernel"].shape[1]
+    return models.get_config(
+        "gpt2",
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_heads=heads,
+        num_layers=sum(1 for k in params if k.startswith("layer_")),
+        intermediate_size=params["layer_0"]["mlp"]["wi"]["kernel"].shape[1],
+        max_position_embeddings=params["position_embeddings"]["embedding"].shape[0],
+    )
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not _PROMPT.value:
+        raise app.UsageError("give at least one --prompt")
+    from bertjax.generate import generate
+
+    model, params, tokenizer = load_model(_CHECKPOINT.value, _TOKENIZER.value)
+    prefix = [tokenizer.eot_id] if _PREPEND_EOT.value else []
+    prompts = [prefix + tokenizer.encode(p).tolist() for p in _PROMPT.value]
+    outputs = generate(
+        model,
+        params,
+        prompts,
+        _MAX_NEW.value,
+        temperature=_TEMPERATURE.value,
+        top_k=_TOP_K.value,
+        top_p=_TOP_P.value,
+        rng=_SEED.value,
+        eos_id=tokenizer.eot_id,
+    )
+    for text, prompt, out in zip(_PROMPT.value, prompts, outputs, strict=True):
+        continuation = tokenizer.decode(out[len(prompt) :], skip_special_tokens=True)
+        sys.stdout.write(f"=== {text}\n{text}{continuation}\n")
+
+
+if __name__ == "__main__":
+    app.run(main)

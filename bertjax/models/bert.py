@@ -1,0 +1,229 @@
+"""BERT (Devlin et al. 2018) in Flax linen: embeddings, post-LN encoder, pooler and heads.
+
+All models share one flat parameter tree, so that a pretraining checkpoint's backbone drops
+straight into a classifier (copy the `embeddings`, `encoder`, `pooler` sub-trees):
+
+    embeddings/{word_embeddings,position_embeddings,token_type_embeddings}/embedding, layer_norm
+    encoder/layer_{i}/attention/{query,key,value,out}, attention_layer_norm,
+                      mlp/{wi,wo}, mlp_layer_norm
+    pooler/dense
+    mlm/{transform, transform_layer_norm, bias}        (BertForPreTraining; decoder = word emb.^T)
+    nsp                                                (BertForPreTraining)
+    classifier                                         (BertForSequenceClassification)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from bertjax.models import layers
+from bertjax.models.config import ModelConfig
+
+Array = jax.Array
+Batch = Mapping[str, Array]
+
+
+def _embed(cfg: ModelConfig, num: int, names: tuple[str, str], name: str) -> nn.Embed:
+    return nn.Embed(
+        num_embeddings=num,
+        features=cfg.hidden_size,
+        dtype=cfg.compute_dtype,
+        param_dtype=cfg.params_dtype,
+        embedding_init=layers.kernel_init(cfg, names),
+        name=name,
+    )
+
+
+class BertEmbeddings(nn.Module):
+    """word + position + token-type embeddings, then LayerNorm and dropout."""
+
+    cfg: ModelConfig
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.word_embeddings = _embed(cfg, cfg.vocab_size, ("vocab", "embed"), "word_embeddings")
+        self.position_embeddings = _embed(
+            cfg, cfg.max_position_embeddings, ("position", "embed"), "position_embeddings"
+        )
+        self.token_type_embeddings = _embed(
+            cfg, cfg.type_vocab_size, ("type_vocab", "embed"), "token_type_embeddings"
+        )
+        self.layer_norm = layers.LayerNorm(cfg.layer_norm_eps, cfg.compute_dtype, cfg.params_dtype)
+        self.dropout = nn.Dropout(cfg.hidden_dropout)
+
+    def __call__(self, input_ids: Array, token_type_ids: Array, deterministic: bool) -> Array:
+        length = input_ids.shape[1]
+        if length > self.cfg.max_position_embeddings:
+            raise ValueError(
+                f"sequence length {length} > max_position_embeddings "
+                f"{self.cfg.max_position_embeddings}"
+            )
+        positions = jnp.arange(length)[None, :]
+        x = (
+            self.word_embeddings(input_ids)
+            + self.position_embeddings(positions)
+            + self.token_type_embeddings(token_type_ids)
+        )
+        x = nn.with_logical_constraint(x, layers.ACT_BTE)
+        return self.dropout(self.layer_norm(x), deterministic=deterministic)
+
+    def attend(self, x: Array) -> Array:
+        """x @ word_embeddings^T in the compute dtype, accumulated and returned in float32."""
+        table = self.word_embeddings.embedding.astype(self.cfg.compute_dtype)
+        return jnp.einsum(
+            "...h,vh->...v",
+            x.astype(self.cfg.compute_dtype),
+            table,
+            preferred_element_type=jnp.float32,
+        )
+
+
+class BertEncoder(nn.Module):
+    """num_layers post-LN Transformer layers (each optionally rematerialised)."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array | None, deterministic: bool) -> Array:
+        layer = layers.layer_class(self.cfg)
+        for i in range(self.cfg.num_layers):
+            x = layer(self.cfg, pre_ln=False, name=f"layer_{i}")(x, mask, deterministic)
+        return x
+
+
+class BertPooler(nn.Module):
+    """tanh(W h_[CLS] + b): the pooled sequence representation."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, hidden: Array) -> Array:
+        # A square kernel names its output axis "mlp" so that the two axes never map to the
+        # same mesh axis.
+        dense = layers.dense(self.cfg, self.cfg.hidden_size, ("embed", "mlp"), name="dense")
+        return jnp.tanh(dense(hidden[:, 0]))
+
+
+class BertMLMHead(nn.Module):
+    """MLM transform (dense + act + LayerNorm); the decoder is supplied by the caller (tied)."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, hidden: Array, embeddings: BertEmbeddings) -> Array:
+        cfg = self.cfg
+        h = layers.dense(cfg, cfg.hidden_size, ("embed", "mlp"), name="transform")(hidden)
+        h = layers.ACTIVATIONS[cfg.hidden_act](h)
+        h = layers.LayerNorm(
+            cfg.layer_norm_eps, cfg.compute_dtype, cfg.params_dtype, name="transform_layer_norm"
+        )(h)
+        bias = self.param(
+            "bias", layers.zeros_init(("vocab",)), (cfg.vocab_size,), cfg.params_dtype
+        )
+        logits = embeddings.attend(h) + bias.astype(jnp.float32)
+        return nn.with_logical_constraint(logits, ("act_batch", "act_length", "act_vocab"))
+
+
+class BertModel(nn.Module):
+    """The BERT backbone: returns {"hidden_states": [B, T, H], "pooled": [B, H]}."""
+
+    cfg: ModelConfig
+
+    def setup(self) -> None:
+        self.embeddings = BertEmbeddings(self.cfg)
+        self.encoder = BertEncoder(self.cfg)
+        self.pooler = BertPooler(self.cfg)
+
+    def encode(self, batch: Batch, train: bool, pool: bool = True) -> dict[str, Array]:
+        input_ids = batch["input_ids"]
+        token_type_ids = batch.get("token_type_ids")
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        deterministic = not train
+        x = self.embeddings(input_ids, token_type_ids, deterministic)
+        mask = layers.make_attention_mask(input_ids.shape[1], batch.get("attention_mask"))
+        hidden = self.encoder(x, mask, deterministic)
+        if not pool:
+            return {"hidden_states": hidden}
+        return {"hidden_states": hidden, "pooled": self.pooler(hidden)}
+
+    def __call__(self, batch: Batch, train: bool = False) -> dict[str, Array]:
+        return self.encode(batch, train)
+
+
+class BertForPreTraining(BertModel):
+    """BERT + MLM head (tied decoder with its own bias) + NSP head on the pooled output.
+
+    Adds "mlm_logits" ([B, T, V], or [B, P, V] at batch["masked_lm_positions"] when present:
+    the hidden states are gathered BEFORE the MLM transform so its cost is paid only at the
+    masked positions) and "nsp_logits" [B, 2] (0 = IsNext, 1 = random), both float32.
+    """
+
+    def setup(self) -> None:
+        super().setup()
+        self.mlm = BertMLMHead(self.cfg)
+        self.nsp = layers.dense(self.cfg, 2, ("embed", "labels"), name="nsp")
+
+    def mlm_logits(self, batch: Batch, hidden: Array) -> Array:
+        positions = batch.get("masked_lm_positions")
+        if positions is not None:
+            hidden = jnp.take_along_axis(hidden, positions[:, :, None].astype(jnp.int32), axis=1)
+        return self.mlm(hidden, self.embeddings)
+
+    def __call__(self, batch: Batch, train: bool = False) -> dict[str, Array]:
+        out = self.encode(batch, train)
+        out["mlm_logits"] = self.mlm_logits(batch, out["hidden_states"])
+        out["nsp_logits"] = self.nsp(out["pooled"]).astype(jnp.float32)
+        return out
+
+
+class BertForMaskedLM(BertForPreTraining):
+    """BERT + MLM head only (no pooler, no NSP), as HF BertForMaskedLM: "mlm_logits"."""
+
+    def setup(self) -> None:
+        BertModel.setup(self)
+        self.mlm = BertMLMHead(self.cfg)
+
+    def __call__(self, batch: Batch, train: bool = False) -> dict[str, Array]:
+        out = self.encode(batch, train, pool=False)
+        out["mlm_logits"] = self.mlm_logits(batch, out["hidden_states"])
+        return out
+
+
+class BertForSequenceClassification(BertModel):
+    """BERT + dropout + linear classifier on the pooled output: "logits" [B, num_labels] float32.
+
+    num_labels == 1 is regression (e.g. STS-B): the single logit is the prediction.
+    """
+
+    def setup(self) -> None:
+        super().setup()
+        self.dropout = nn.Dropout(self.cfg.hidden_dropout)
+        self.classifier = layers.dense(
+            self.cfg, self.cfg.num_labels, ("embed", "labels"), name="classifier"
+        )
+
+    def __call__(self, batch: Batch, train: bool = False) -> dict[str, Array]:
+        out = self.encode(batch, train)
+        pooled = self.dropout(out["pooled"], deterministic=not train)
+        out["logits"] = self.classifier(pooled).astype(jnp.float32)
+        return out
+
+
+HEAD_CLASSES: dict[str, type[BertModel]] = {
+    "encoder": BertModel,
+    "pretraining": BertForPreTraining,
+    "mlm": BertForMaskedLM,
+    "classification": BertForSequenceClassification,
+}
+
+
+def build(cfg: ModelConfig) -> BertModel:
+    """The BERT module for `cfg.head`."""
+    if cfg.head not in HEAD_CLASSES:
+        raise ValueError(f"BERT has no head {cfg.head!r}; supported: {sorted(HEAD_CLASSES)}")
+    return HEAD_CLASSES[cfg.head](cfg)

@@ -1,0 +1,166 @@
+"""Model configuration: one frozen dataclass for every model family, plus size presets.
+
+A `ModelConfig` is plain data (ints, floats, strings) so that it round-trips through
+`to_dict` / `from_dict` (and so through JSON, ml_collections and checkpoints) unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import jax.numpy as jnp
+
+MODEL_TYPES = ("bert", "gpt2")
+HEADS = ("encoder", "pretraining", "mlm", "classification", "causal_lm")
+ACTIVATIONS = ("gelu", "gelu_new", "relu")
+# Rematerialisation policies by name; see `remat_policy()` in layers.py for what each keeps.
+REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
+ATTENTION_IMPLS = ("xla", "cudnn", "reference")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Hyper-parameters of a Transformer model (BERT now, GPT-2 shares the same fields).
+
+    `dtype` is the compute dtype (matmul inputs, activations); `param_dtype` is the storage dtype
+    of the parameters. LayerNorm statistics, softmax and output logits are always float32.
+    """
+
+    model_type: str = "bert"
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    layer_norm_eps: float = 1e-12
+    hidden_act: str = "gelu"  # "gelu" = exact erf GELU (BERT); "gelu_new" = tanh approx (GPT-2)
+    initializer_range: float = 0.02
+    # "encoder" (BertModel), "pretraining" (MLM + NSP), "mlm" (BertForMaskedLM: MLM only, no
+    # pooler), "classification" (sequence classification / regression), "causal_lm" (GPT).
+    head: str = "encoder"
+    num_labels: int = 2  # classification head outputs; 1 = regression
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    remat: str = "none"
+    # "xla": jax.nn.dot_product_attention(implementation=None), which picks the fused kernel
+    # when jax has one for the platform; "cudnn": force cuDNN flash attention (GPU only);
+    # "reference": the plain einsum formula. Training with attention_dropout > 0 always takes
+    # the reference path, since the fused kernels have no dropout on attention probabilities.
+    attention_impl: str = "xla"
+
+    def __post_init__(self) -> None:
+        def check(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+            if value not in allowed:
+                raise ValueError(f"ModelConfig.{name}={value!r}; expected one of {allowed}")
+
+        check("model_type", self.model_type, MODEL_TYPES)
+        check("head", self.head, HEADS)
+        check("hidden_act", self.hidden_act, ACTIVATIONS)
+        check("remat", self.remat, REMAT_POLICIES)
+        check("attention_impl", self.attention_impl, ATTENTION_IMPLS)
+        check("dtype", self.dtype, DTYPES)
+        check("param_dtype", self.param_dtype, DTYPES)
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+            "num_labels",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ModelConfig.{name}={getattr(self, name)} must be >= 1")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"ModelConfig.hidden_size={self.hidden_size} is not divisible by "
+                f"num_heads={self.num_heads}"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        """Per-head dimension d_k = hidden_size / num_heads."""
+        return self.hidden_size // self.num_heads
+
+    @property
+    def compute_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.dtype)
+
+    @property
+    def params_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.param_dtype)
+
+    def replace(self, **overrides: Any) -> ModelConfig:
+        """A copy with some fields changed (unknown names raise, naming the key)."""
+        _check_keys(overrides)
+        return dataclasses.replace(self, **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> ModelConfig:
+        """Builds a config from a mapping; an unknown key raises a ValueError naming it."""
+        _check_keys(values)
+        return cls(**dict(values))
+
+
+def _check_keys(values: Mapping[str, Any]) -> None:
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown ModelConfig key(s) {unknown}; known keys: {sorted(known)}")
+
+
+def _size(layers: int, hidden: int, heads: int) -> dict[str, int]:
+    return dict(
+        num_layers=layers, hidden_size=hidden, num_heads=heads, intermediate_size=4 * hidden
+    )
+
+
+def _gpt2(layers: int, hidden: int, heads: int, positions: int = 1024) -> dict[str, Any]:
+    """GPT-2's settings (Radford et al. 2019; HF GPT2Config defaults) at a size."""
+    return dict(
+        _size(layers, hidden, heads),
+        model_type="gpt2",
+        head="causal_lm",
+        vocab_size=50257,
+        max_position_embeddings=positions,
+        type_vocab_size=1,
+        hidden_act="gelu_new",
+        layer_norm_eps=1e-5,
+    )
+
+
+# The sizes of the BERT paper and of Turc et al. 2019 ("Well-Read Students Learn Better"),
+# then GPT-2's (gpt_tiny is a CPU-sized one for tests and the quickstart).
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": _size(2, 128, 2),
+    "mini": _size(4, 256, 4),
+    "small": _size(4, 512, 8),
+    "medium": _size(8, 512, 8),
+    "base": _size(12, 768, 12),
+    "large": _size(24, 1024, 16),
+    "gpt_tiny": _gpt2(2, 128, 2, positions=256),
+    "gpt2": _gpt2(12, 768, 12),  # 124M
+    "gpt2-medium": _gpt2(24, 1024, 16),  # 355M
+}
+
+
+def get_config(preset: str = "base", **overrides: Any) -> ModelConfig:
+    """A `ModelConfig` of a preset (tiny ... large; gpt_tiny, gpt2, gpt2-medium) plus overrides.
+
+    >>> get_config("tiny", vocab_size=8192, head="pretraining").hidden_size
+    128
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"unknown model preset {preset!r}; known presets: {sorted(PRESETS)}")
+    _check_keys(overrides)
+    return ModelConfig(**{**PRESETS[preset], **overrides})

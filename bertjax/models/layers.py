@@ -1,0 +1,347 @@
+"""Transformer building blocks shared by BERT (post-LN encoder) and GPT (pre-LN decoder).
+
+Written from the formulas of "Attention Is All You Need" (Vaswani et al. 2017):
+
+    Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k) + mask) V
+    MultiHead(x)       = Concat(head_1, ..., head_h) W^O
+    head_i             = Attention(x W_i^Q, x W_i^K, x W_i^V)
+    FFN(x)             = act(x W_1 + b_1) W_2 + b_2
+    LayerNorm(x)       = (x - mean) / sqrt(var + eps) * gamma + beta
+
+Every parameter names its logical axes (`nn.with_logical_partitioning`) and the main activations
+carry `nn.with_logical_constraint`, so `bertjax/sharding.py` can map them onto any mesh. Parameters
+are stored in `param_dtype`; matmuls run in `dtype`; LayerNorm statistics, softmax and logits are
+float32 whatever `dtype` is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from bertjax.models.config import ModelConfig
+
+Array = jax.Array
+
+# Logical activation axis names (see docs/architecture.md).
+ACT_BTE = ("act_batch", "act_length", "act_embed")
+ACT_BTNK = ("act_batch", "act_length", "act_heads", "act_kv")
+ACT_BTM = ("act_batch", "act_length", "act_mlp")
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    # BERT's GELU is the exact one: x * Phi(x), Phi the standard normal CDF (erf form).
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    # GPT-2's "gelu_new": 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+}
+
+
+def remat_policy(name: str) -> Callable | None:
+    """The `jax.checkpoint` policy of a `ModelConfig.remat` name ("full" saves nothing)."""
+    policies = {
+        "full": None,
+        "dots_saveable": jax.checkpoint_policies.dots_saveable,
+        "dots_with_no_batch_dims_saveable": (
+            jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+        ),
+    }
+    if name not in policies:
+        raise ValueError(
+            f"unknown remat policy {name!r}; expected 'none' or one of {list(policies)}"
+        )
+    return policies[name]
+
+
+class _KernelPartitioned(nn.LogicallyPartitioned):
+    """Logical names that are not imposed as a constraint when unboxed.
+
+    nn.DenseGeneral draws a multi-axis kernel (and bias) flat ([in, heads * kv]), unboxes it
+    and reshapes it; flax also re-runs that init under `jax.eval_shape` on every `apply` to
+    check shapes.
+    With a mesh in context (`jax.set_mesh`, as in training) the default unbox would constrain
+    the flat kernel with the 3 names of the full shape and fail. The names still give the
+    param's sharding (`nn.get_partition_spec`); train.py places params by those shardings.
+    (Added by the training-loop helper, issue 4.)
+    """
+
+    def unbox(self, apply_constraint: bool = True):
+        del apply_constraint
+        return self.value
+
+
+def kernel_init(cfg: ModelConfig, names: tuple[str, ...]) -> nn.initializers.Initializer:
+    """BERT's initializer (truncated normal, std = initializer_range) with logical axis names."""
+    base = nn.initializers.truncated_normal(stddev=cfg.initializer_range)
+
+    def init(key: Array, shape: tuple[int, ...], dtype: jnp.dtype = jnp.float32):
+        return _KernelPartitioned(base(key, shape, dtype), names)
+
+    return init
+
+
+def zeros_init(names: tuple[str, ...]) -> nn.initializers.Initializer:
+    def init(key: Array, shape: tuple[int, ...], dtype: jnp.dtype = jnp.float32):
+        return _KernelPartitioned(jnp.zeros(shape, dtype), names)  # see _KernelPartitioned
+
+    return init
+
+
+def dense(
+    cfg: ModelConfig,
+    features: int | tuple[int, ...],
+    names: tuple[str, ...],
+    *,
+    axis: int | tuple[int, ...] = -1,
+    name: str,
+) -> nn.DenseGeneral:
+    """A DenseGeneral (kernel + bias) whose kernel axes are `names` (inputs then outputs)."""
+    n_out = 1 if isinstance(features, int) else len(features)
+    return nn.DenseGeneral(
+        features=features,
+        axis=axis,
+        dtype=cfg.compute_dtype,
+        param_dtype=cfg.params_dtype,
+        kernel_init=kernel_init(cfg, names),
+        bias_init=zeros_init(names[-n_out:]),
+        name=name,
+    )
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm over the last axis; statistics in float32, output in the compute dtype.
+
+    Params `scale` (gamma, init 1) and `bias` (beta, init 0), logical axis `norm`.
+    """
+
+    eps: float
+    dtype: jnp.dtype
+    param_dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        features = x.shape[-1]
+        scale = self.param(
+            "scale",
+            nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
+            (features,),
+            self.param_dtype,
+        )
+        bias = self.param("bias", zeros_init(("norm",)), (features,), self.param_dtype)
+        x = x.astype(jnp.float32)
+        mean = jnp.mean(x, axis=-1, keepdims=True)
+        # Biased variance, as torch.nn.LayerNorm and the original BERT.
+        var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+        y = (x - mean) * lax.rsqrt(var + self.eps)
+        y = y * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+        return y.astype(self.dtype)
+
+
+def make_attention_mask(
+    query_length: int,
+    key_padding: Array | None = None,
+    *,
+    causal: bool = False,
+    segment_ids: Array | None = None,
+) -> Array | None:
+    """A boolean attention mask [B or 1, 1, Tq, Tk]: True where a query may attend a key.
+
+    key_padding: [B, Tk], 1/True = real token (the HF `attention_mask`). Only KEYS are masked:
+      padded query rows still get (meaningless) outputs, exactly as in the HF reference.
+    causal: query t sees keys s <= t (self-attention, Tq == Tk).
+    segment_ids: [B, T] for packed sequences; tokens attend only within their own segment id.
+    Returns None when nothing is masked.
+    """
+    masks = []
+    if key_padding is not None:
+        masks.append(key_padding.astype(bool)[:, None, None, :])
+    if causal:
+        t = jnp.arange(query_length)
+        masks.append((t[None, :] <= t[:, None])[None, None])
+    if segment_ids is not None:
+        masks.append(segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
+    if not masks:
+        return None
+    mask = masks[0]
+    for m in masks[1:]:
+        mask = jnp.logical_and(mask, m)
+    return mask
+
+
+def reference_attention(
+    q: Array,
+    k: Array,
+    v: Array,
+    mask: Array | None,
+    *,
+    dropout: Callable[[Array], Array] | None = None,
+) -> Array:
+    """softmax(Q K^T / sqrt(d_k)) V with the mask, in plain einsums; q,k,v: [B, T, N, D].
+
+    Scores and softmax are float32; attention-probability dropout (BERT's
+    attention_probs_dropout_prob) is applied when `dropout` is given.
+    """
+    scale = 1.0 / jnp.sqrt(jnp.float32(q.shape[-1]))
+    scores = jnp.einsum("btnd,bsnd->bnts", q, k, preferred_element_type=jnp.float32) * scale
+    if mask is not None:
+        # A large finite negative (not -inf) keeps fully masked rows finite, as in the HF model.
+        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1)
+    if dropout is not None:
+        probs = dropout(probs)
+    return jnp.einsum("bnts,bsnd->btnd", probs.astype(v.dtype), v)
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head self-attention with W^Q, W^K, W^V, W^O (all with biases).
+
+    Params: query/key/value kernel [embed, heads, kv] + bias [heads, kv];
+            out kernel [heads, kv, embed] + bias [embed].
+
+    decode=True turns on the KV cache (Flax "cache" collection) for autoregressive decoding:
+      * `init` / the first apply with a [B, S_max, E] input creates `cached_key`, `cached_value`
+        [B, S_max, N, D] and `cache_index` [B] (the next write position of each row) and returns
+        the plain (non-cached) attention;
+      * later calls take a chunk [B, L, E] (L = 1 per step, or a whole prompt block), write its
+        keys/values at each row's own `cache_index`, and let query i of row b attend to cache
+        positions <= cache_index[b] + i (causal over the cache);
+      * `decode_lengths` [B] says how many of the L new tokens of each row are real (rows with
+        prompts of different lengths, right-padded); the row's index advances by that much, so the
+        pad slots are overwritten by the next tokens and never attended. Default: all L.
+    """
+
+    cfg: ModelConfig
+    decode: bool = False
+
+    @nn.compact
+    def __call__(
+        self,
+        x: Array,
+        mask: Array | None,
+        deterministic: bool,
+        decode_lengths: Array | None = None,
+    ) -> Array:
+        cfg = self.cfg
+        heads = (cfg.num_heads, cfg.head_dim)
+        q, k, v = (
+            nn.with_logical_constraint(
+                dense(cfg, heads, ("embed", "heads", "kv"), name=n)(x), ACT_BTNK
+            )
+            for n in ("query", "key", "value")
+        )
+        if self.decode:
+            k, v, mask = self._update_cache(k, v, mask, decode_lengths)
+
+        use_dropout = not deterministic and cfg.attention_dropout > 0
+        if cfg.attention_impl == "reference" or use_dropout:
+            # The fused kernels have no dropout on the attention probabilities.
+            drop = nn.Dropout(cfg.attention_dropout, deterministic=deterministic)
+            out = reference_attention(q, k, v, mask, dropout=drop if use_dropout else None)
+        else:
+            impl = None if cfg.attention_impl == "xla" else "cudnn"
+            out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
+        out = nn.with_logical_constraint(out, ACT_BTNK)
+        out = dense(cfg, cfg.hidden_size, ("heads", "kv", "embed"), axis=(-2, -1), name="out")(out)
+        return nn.with_logical_constraint(out, ACT_BTE)
+
+    def _update_cache(
+        self, k: Array, v: Array, mask: Array | None, decode_lengths: Array | None
+    ) -> tuple[Array, Array, Array | None]:
+        batch, length = k.shape[:2]
+        initialized = self.has_variable("cache", "cached_key")
+        cached_key = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
+        cached_value = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+        cache_index = self.variable("cache", "cache_index", jnp.zeros, (batch,), jnp.int32)
+        if not initialized:
+            # Creating the cache (shape = the init input): plain attention, nothing written.
+            return k, v, mask
+
+        max_length = cached_key.value.shape[1]
+        index = cache_index.value
+
+        def write(cache_row: Array, new_row: Array, start: Array) -> Array:
+            return lax.dynamic_update_slice(
+                cache_row, new_row.astype(cache_row.dtype), (start, 0, 0)
+            )
+
+        keys = jax.vmap(write)(cached_key.value, k, index)
+        values = jax.vmap(write)(cached_value.value, v, index)
+        cached_key.value, cached_value.value = keys, values
+
+        query_pos = index[:, None] + jnp.arange(length)[None, :]  # [B, L]
+        key_pos = jnp.arange(max_length)
+        cache_mask = (key_pos[None, None, :] <= query_pos[:, :, None])[:, None]  # [B, 1, L, S]
+        mask = cache_mask if mask is None else jnp.logical_and(mask, cache_mask)
+        step = jnp.full((batch,), length, jnp.int32) if decode_lengths is None else decode_lengths
+        cache_index.value = index + step.astype(jnp.int32)
+        return keys, values, mask
+
+
+class FeedForward(nn.Module):
+    """Position-wise FFN: act(x W_1 + b_1) W_2 + b_2 (W_1 [embed, mlp], W_2 [mlp, embed])."""
+
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        cfg = self.cfg
+        h = dense(cfg, cfg.intermediate_size, ("embed", "mlp"), name="wi")(x)
+        h = nn.with_logical_constraint(ACTIVATIONS[cfg.hidden_act](h), ACT_BTM)
+        out = dense(cfg, cfg.hidden_size, ("mlp", "embed"), name="wo")(h)
+        return nn.with_logical_constraint(out, ACT_BTE)
+
+
+class TransformerLayer(nn.Module):
+    """One Transformer layer: self-attention and FFN sub-layers, each with dropout + residual.
+
+    pre_ln=False (BERT, post-LN): x = LN(x + Drop(MHA(x))); x = LN(x + Drop(FFN(x))).
+    pre_ln=True  (GPT-2, pre-LN): x = x + Drop(MHA(LN(x))); x = x + Drop(FFN(LN(x))).
+    Sub-modules: attention, attention_layer_norm, mlp, mlp_layer_norm.
+
+    Arguments are positional so that `nn.remat(TransformerLayer, static_argnums=(3,))` can mark
+    `deterministic` static (argument 0 is self).
+    """
+
+    cfg: ModelConfig
+    pre_ln: bool = False
+    decode: bool = False
+
+    @nn.compact
+    def __call__(
+        self,
+        x: Array,
+        mask: Array | None,
+        deterministic: bool,
+        decode_lengths: Array | None = None,
+    ) -> Array:
+        cfg = self.cfg
+
+        def norm(name: str) -> LayerNorm:
+            return LayerNorm(cfg.layer_norm_eps, cfg.compute_dtype, cfg.params_dtype, name=name)
+
+        def drop(y: Array) -> Array:
+            return nn.Dropout(cfg.hidden_dropout)(y, deterministic=deterministic)
+
+        attention = MultiHeadAttention(cfg, decode=self.decode, name="attention")
+        mlp = FeedForward(cfg, name="mlp")
+        if self.pre_ln:
+            h = norm("attention_layer_norm")(x)
+            x = x + drop(attention(h, mask, deterministic, decode_lengths))
+            x = x + drop(mlp(norm("mlp_layer_norm")(x)))
+        else:
+            x = norm("attention_layer_norm")(
+                x + drop(attention(x, mask, deterministic, decode_lengths))
+            )
+            x = norm("mlp_layer_norm")(x + drop(mlp(x)))
+        return nn.with_logical_constraint(x, ACT_BTE)
+
+
+def layer_class(cfg: ModelConfig) -> type[TransformerLayer]:
+    """TransformerLayer, wrapped in nn.remat with the config's policy unless remat == "none"."""
+    if cfg.remat == "none":
+        return TransformerLayer
+    return nn.remat(TransformerLayer, policy=remat_policy(cfg.remat), static_argnums=(3,))

@@ -1,0 +1,179 @@
+"""BERT pretraining: masked LM + next-sentence prediction, L = L_MLM + lambda * L_NSP.
+
+As google-research/bert's run_pretraining.py: the MLM loss is the cross-entropy averaged over
+the real (weight 1) masked positions of the batch, the NSP loss the mean cross-entropy over
+rows; ``config.nsp_weight`` is lambda. With ``config.data.sentence_objective == "sop"`` the
+second head predicts sentence order instead (same labels layout); with ``"none"`` it is unused.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from bertjax import models
+from bertjax.tasks.base import HostInfo, Task, TaskData
+
+VOCAB_MULTIPLE = 128
+
+# Keys of config.model that are not ModelConfig fields.
+_NON_MODEL_KEYS = ("preset",)
+
+
+def build_data(config: ml_collections.ConfigDict, host: HostInfo) -> TaskData:
+    from bertjax import data as data_lib  # heavy imports (tokenizers, grain) only when used
+
+    pretraining = data_lib.build_pretraining_data(
+        config.data,
+        seed=host.seed,
+        local_batch_size=host.local_batch_size,
+        process_index=host.process_index,
+        process_count=host.process_count,
+        vocab_dir=host.workdir,
+    )
+    return TaskData(
+        train=pretraining.train_iterator(),
+        eval_sets=lambda: {"eval": pretraining.eval_iterator(config.eval_batches)},
+        vocab_size=pretraining.vocab_size,
+        extras={"tokenizer": pretraining.tokenizer},
+    )
+
+
+def model_config(
+    config: ml_collections.ConfigDict, vocab_size: int | None, head: str
+) -> models.ModelConfig:
+    """ModelConfig from ``config.model`` (a preset plus overrides), sized to the vocabulary.
+
+    ``config.model.vocab_size == 0`` takes the tokenizer's size rounded up to a multiple of
+    `VOCAB_MULTIPLE` (or ``config.data.vocab_size`` when there is no data, as in a dry run).
+    A set vocabulary smaller than the tokenizer's is an error; a larger one is allowed.
+    """
+    overrides: dict[str, Any] = {
+        k: v for k, v in config.model.items() if k not in _NON_MODEL_KEYS and k != "vocab_size"
+    }
+    configured = int(config.model.get("vocab_size", 0))
+    if configured > 0:
+        if vocab_size is not None and configured < vocab_size:
+            raise ValueError(
+                f"config.model.vocab_size={configured} is smaller than the tokenizer's "
+                f"vocabulary ({vocab_size} tokens)"
+            )
+        vocab = configured
+    elif vocab_size is not None:
+        # Rounded up to a multiple of 128 (as Megatron-LM): the embedding then splits evenly
+        # over any tensor-parallel size and maps well onto TPU/GPU tiles. The extra rows are
+        # never targets; the softmax learns to give them no mass.
+        vocab = -(-vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+    else:
+        vocab = int(config.data.vocab_size)
+    return models.get_config(config.model.preset, vocab_size=vocab, head=head, **overrides)
+
+
+def build_model(config: ml_collections.ConfigDict, data: TaskData | None):
+    cfg = model_config(config, data.vocab_size if data is not None else None, "pretraining")
+    seq = int(config.data.max_seq_length)
+    if seq > cfg.max_position_embeddings:
+        raise ValueError(
+            f"config.data.max_seq_length={seq} exceeds config.model.max_position_embeddings="
+            f"{cfg.max_position_embeddings}"
+        )
+    return cfg, models.build(cfg)
+
+
+def batch_spec(
+    config: ml_collections.ConfigDict, model_cfg: models.ModelConfig, batch_size: int
+) -> dict[str, jax.ShapeDtypeStruct]:
+    del model_cfg
+    seq, preds = int(config.data.max_seq_length), int(config.data.max_predictions_per_seq)
+    i32, f32 = jnp.int32, jnp.float32
+    return {
+        "input_ids": jax.ShapeDtypeStruct((batch_size, seq), i32),
+        "token_type_ids": jax.ShapeDtypeStruct((batch_size, seq), i32),
+        "attention_mask": jax.ShapeDtypeStruct((batch_size, seq), i32),
+        "masked_lm_positions": jax.ShapeDtypeStruct((batch_size, preds), i32),
+        "masked_lm_ids": jax.ShapeDtypeStruct((batch_size, preds), i32),
+        "masked_lm_weights": jax.ShapeDtypeStruct((batch_size, preds), f32),
+        "next_sentence_labels": jax.ShapeDtypeStruct((batch_size,), i32),
+    }
+
+
+def _uses_sentence_head(config: ml_collections.ConfigDict) -> bool:
+    return config.data.get("sentence_objective", "nsp") != "none"
+
+
+def _per_example(out: dict[str, jax.Array], batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """Per-row sums: MLM loss / correct / count over real targets, NSP loss / correct."""
+    mlm_logits = out["mlm_logits"].astype(jnp.float32)  # [B, P, V]
+    weights = batch["masked_lm_weights"].astype(jnp.float32)
+    mlm_xent = optax.softmax_cross_entropy_with_integer_labels(mlm_logits, batch["masked_lm_ids"])
+    mlm_hit = (mlm_logits.argmax(-1) == batch["masked_lm_ids"]).astype(jnp.float32)
+    nsp_logits = out["nsp_logits"].astype(jnp.float32)  # [B, 2]
+    labels = batch["next_sentence_labels"]
+    return {
+        "mlm_loss_sum": (mlm_xent * weights).sum(-1),
+        "mlm_correct": (mlm_hit * weights).sum(-1),
+        "mlm_count": weights.sum(-1),
+        "nsp_loss": optax.softmax_cross_entropy_with_integer_labels(nsp_logits, labels),
+        "nsp_correct": (nsp_logits.argmax(-1) == labels).astype(jnp.float32),
+    }
+
+
+def loss_fn(config, model, params, batch, rng, train):
+    rngs = {"dropout": rng} if train else None
+    out = model.apply({"params": params}, batch, train=train, rngs=rngs)
+    rows = _per_example(out, batch)
+    # As google-research/bert: sum over real targets / (their count + 1e-5).
+    count = rows["mlm_count"].sum()
+    mlm_loss = rows["mlm_loss_sum"].sum() / (count + 1e-5)
+    metrics = {
+        "mlm_loss": mlm_loss,
+        "mlm_accuracy": rows["mlm_correct"].sum() / jnp.maximum(count, 1.0),
+    }
+    loss = mlm_loss
+    if _uses_sentence_head(config):
+        nsp_loss = rows["nsp_loss"].mean()
+        loss = loss + config.nsp_weight * nsp_loss
+        metrics["nsp_loss"] = nsp_loss
+        metrics["nsp_accuracy"] = rows["nsp_correct"].mean()
+    metrics["loss"] = loss
+    return loss, metrics
+
+
+def eval_step(config, model, params, batch):
+    del config
+    out = model.apply({"params": params}, batch, train=False)
+    return _per_example(out, batch)
+
+
+def eval_summary(config, outputs: dict[str, np.ndarray]) -> dict[str, float]:
+    count = float(outputs["mlm_count"].sum())
+    mlm_loss = float(outputs["mlm_loss_sum"].sum()) / max(count, 1e-5)
+    summary = {
+        "mlm_loss": mlm_loss,
+        "mlm_accuracy": float(outputs["mlm_correct"].sum()) / max(count, 1.0),
+        "mlm_perplexity": float(np.exp(min(mlm_loss, 80.0))),
+        "examples": float(len(outputs["nsp_loss"])),
+    }
+    loss = mlm_loss
+    if _uses_sentence_head(config):
+        summary["nsp_loss"] = float(outputs["nsp_loss"].mean())
+        summary["nsp_accuracy"] = float(outputs["nsp_correct"].mean())
+        loss += config.nsp_weight * summary["nsp_loss"]
+    summary["loss"] = loss
+    return summary
+
+
+TASK = Task(
+    name="bert_pretrain",
+    build_data=build_data,
+    build_model=build_model,
+    batch_spec=batch_spec,
+    loss_fn=loss_fn,
+    eval_step=eval_step,
+    eval_summary=eval_summary,
+)

@@ -1,0 +1,511 @@
+"""The training loop: `run(config, workdir)`, one function for every task.
+
+Read top to bottom:
+
+1. setup     - mesh, task, this host's data, model, optimizer, schedule;
+2. state     - created abstractly (`jax.eval_shape`), shardings derived from the model's
+               logical axis names, then initialised straight into them (or restored);
+3. steps     - the train step (gradient accumulation as a scan over microbatches, so that one
+               logged step is one optimizer step) and the eval step, jitted with explicit
+               in/out shardings, the state donated;
+4. loop      - global batch from each host's rows, step, and every so often: fetch metrics
+               (and stop on a non-finite loss), log, evaluate, checkpoint; SIGTERM saves and
+               returns.
+
+The state is a plain dict ``{"step", "params", "opt_state", "rng"}``; the RNG of step ``s`` is
+``fold_in(rng, s)``, so a restored run draws the same dropout masks as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import pathlib
+import signal
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from jax.experimental import multihost_utils
+from jax.sharding import PartitionSpec
+
+from bertjax import checkpointing, config_lib, metrics, optim, sharding, tasks
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss (or gradient / parameter norm) became NaN or infinite; the run stopped."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    total_steps: int
+    warmup_steps: int
+    eval_every: int  # 0: evaluate only at the end
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What `run` returns: the last step, the final state, the records written (process 0)."""
+
+    step: int
+    state: Any
+    records: list[dict[str, Any]]
+    dry_run: dict[str, Any] | None = None
+
+
+def resolve_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int | None) -> Schedule:
+    """Step counts from the config: fixed steps, or epochs when `num_train_epochs` > 0."""
+    epochs = float(config.get("num_train_epochs", 0) or 0)
+    total, warmup, eval_every = config.total_steps, config.optim.warmup_steps, config.eval_every
+    if epochs > 0:
+        if not steps_per_epoch:
+            raise ValueError(
+                f"config.num_train_epochs={epochs} needs the task's data to give steps_per_epoch"
+            )
+        total = max(1, math.ceil(epochs * steps_per_epoch))
+        if eval_every <= 0:
+            eval_every = steps_per_epoch
+    if config.optim.get("warmup_proportion", 0):
+        warmup = int(round(float(config.optim.warmup_proportion) * total))
+    return Schedule(int(total), int(min(warmup, total)), int(max(eval_every, 0)))
+
+
+class _Preemption:
+    """Notices SIGTERM (how TPU VMs and SLURM announce preemption) without stopping the step.
+
+    Multi-process: JAX's preemption service (started by `jax.distributed.initialize`) catches
+    the signal and agrees with every host on one step at which all of them save. Single
+    process: a Python signal handler sets a flag.
+    """
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._previous = None
+        self._use_service = jax.process_count() > 1
+
+    def __enter__(self) -> _Preemption:
+        if not self._use_service:
+            self._previous = signal.signal(signal.SIGTERM, self._on_signal)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        logging.warning("SIGTERM received: saving a checkpoint, then exiting")
+        self._flag = True
+
+    def reached(self, step: int) -> bool:
+        if self._use_service:
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self._flag
+
+
+def _split_microbatches(x: jax.Array, num: int) -> jax.Array:
+    """[B, ...] -> [num, B / num, ...]; microbatch i takes rows i, i + num, ...
+
+    Taking every num-th row (not contiguous blocks) keeps each microbatch spread over all
+    the devices that hold the batch, so no data moves between devices.
+    """
+    x = x.reshape(x.shape[0] // num, num, *x.shape[1:]).swapaxes(0, 1)
+    spec = PartitionSpec(None, sharding.BATCH_AXES, *([None] * (x.ndim - 2)))
+    return jax.lax.with_sharding_constraint(x, spec)
+
+
+def _check_finite(step: int, values: dict[str, float], ckpt: checkpointing.Checkpointer) -> None:
+    bad = {k: values[k] for k in ("loss", "grad_norm", "param_norm") if k in values}
+    if all(math.isfinite(v) for v in bad.values()):
+        return
+    ckpt.wait()  # let the saves of good states in flight finish
+    raise NonFiniteLossError(
+        f"non-finite value at step {step}: {bad}. Stopped without saving; the last good "
+        f"checkpoint is step {ckpt.latest_step()} in {ckpt.directory}. Try a lower "
+        "config.optim.learning_rate, gradient clipping (config.optim.grad_clip_norm) or "
+        "float32 compute (config.model.dtype)."
+    )
+
+
+def run(
+    config: ml_collections.ConfigDict,
+    workdir: str | pathlib.Path,
+    *,
+    dry_run: bool = False,
+    devices: Sequence[jax.Device] | None = None,
+) -> RunResult:
+    """Trains `config` in `workdir`, resuming from its latest checkpoint if it has one.
+
+    dry_run: compile the train step for the configured model and mesh, log and return the
+      parameter count, per-device memory and FLOPs per step; no data, no training.
+    devices: the devices of the mesh (default: all).
+    """
+    config_lib.validate(config)
+    workdir = pathlib.Path(workdir)
+    # ------------------------------------------------------------------------------ setup
+    task = tasks.get(config.task)
+    mesh = sharding.make_mesh(config.mesh, devices)
+    rules = sharding.logical_rules(config)
+    accum = int(config.optim.grad_accum_steps)
+    batch_size = int(config.batch_size)
+    sharding.check_batch_size(batch_size, mesh, accum)
+    logging.info(
+        "mesh %s over %d devices (%d processes); task %s",
+        dict(mesh.shape),
+        mesh.size,
+        jax.process_count(),
+        task.name,
+    )
+
+    data = None
+    if not dry_run:
+        host = tasks.HostInfo(
+            seed=int(config.seed),
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            local_batch_size=batch_size // jax.process_count(),
+            global_batch_size=batch_size,
+            workdir=str(workdir),
+        )
+        data = task.build_data(config, host)
+    model_cfg, model = task.build_model(config, data)
+    schedule = resolve_schedule(config, data.steps_per_epoch if data else None)
+    tx, learning_rate = optim.build(config.optim, schedule.total_steps, schedule.warmup_steps)
+
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        # -------------------------------------------------------------------------- state
+        def init_params(rng: jax.Array) -> Any:
+            spec = task.batch_spec(config, model_cfg, 1)
+            dummy = {k: jnp.zeros(s.shape, s.dtype) for k, s in spec.items()}
+            return model.init({"params": rng, "dropout": rng}, dummy, train=False)["params"]
+
+        def init_state(rng: jax.Array) -> dict[str, Any]:
+            params_rng, step_rng = jax.random.split(rng)
+            params = nn.meta.unbox(init_params(params_rng))
+            return {
+                "step": jnp.zeros((), jnp.int32),
+                "params": params,
+                "opt_state": tx.init(params),
+                "rng": step_rng,
+            }
+
+        rng = jax.random.PRNGKey(int(config.seed))
+        # Initialisation is traced without a mesh in context: flax's DenseGeneral reshapes
+        # a flat kernel *after* its logical constraint, which fails under a mesh. The
+        # out_shardings of the jitted init still put every array where it belongs.
+        with jax.set_mesh(None):
+            boxed = jax.eval_shape(init_params, rng)
+            abstract_state = jax.eval_shape(init_state, rng)
+        param_shardings = sharding.param_shardings(boxed, mesh, rules)
+        replicated = sharding.replicated(mesh)
+        state_shardings = {
+            "step": replicated,
+            "params": param_shardings,
+            "opt_state": optax.tree_map_params(
+                tx,
+                lambda p, s: p if isinstance(p, optax.MaskedNode) else s,
+                abstract_state["opt_state"],
+                param_shardings,
+                transform_non_params=lambda _: replicated,
+                is_leaf=lambda x: isinstance(x, optax.MaskedNode),
+            ),
+            "rng": replicated,
+        }
+        sharding.check_divisible(abstract_state["params"], param_shardings)
+        abstract_state = jax.tree.map(
+            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+            abstract_state,
+            state_shardings,
+        )
+        num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_state["params"]))
+        logging.info("model %s: %s parameters", model_cfg.head, f"{num_params:,}")
+
+        # -------------------------------------------------------------------------- steps
+        def loss_and_grads(params: Any, batch: Any, step_rng: jax.Array):
+            def loss(p: Any):
+                return task.loss_fn(config, model, p, batch, step_rng, True)
+
+            (_, step_metrics), grads = jax.value_and_grad(loss, has_aux=True)(params)
+            return grads, step_metrics
+
+        def train_step(state: dict[str, Any], batch: dict[str, jax.Array]):
+            step_rng = jax.random.fold_in(state["rng"], state["step"])
+            params = state["params"]
+            if accum == 1:
+                grads, step_metrics = loss_and_grads(params, batch, step_rng)
+            else:
+                micro = jax.tree.map(lambda x: _split_microbatches(x, accum), batch)
+                first = jax.tree.map(lambda x: x[0], micro)
+                _, metric_shapes = jax.eval_shape(loss_and_grads, params, first, step_rng)
+
+                def body(carry, inputs):
+                    i, microbatch = inputs
+                    g, m = loss_and_grads(params, microbatch, jax.random.fold_in(step_rng, i))
+                    g = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), carry[0], g)
+                    m = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), carry[1], m)
+                    return (g, m), None
+
+                zeros = (
+                    jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params),
+                    jax.tree.map(lambda m: jnp.zeros(m.shape, jnp.float32), metric_shapes),
+                )
+                (grads, step_metrics), _ = jax.lax.scan(body, zeros, (jnp.arange(accum), micro))
+                grads = jax.tree.map(lambda g: g / accum, grads)
+                step_metrics = jax.tree.map(lambda m: m / accum, step_metrics)
+            updates, opt_state = tx.update(grads, state["opt_state"], params)
+            params = optax.apply_updates(params, updates)
+            step_metrics = {
+                **step_metrics,
+                "learning_rate": learning_rate(state["step"]),
+                "grad_norm": optax.global_norm(grads),
+                "param_norm": optax.global_norm(params),
+            }
+            new_state = {**state, "step": state["step"] + 1, "params": params}
+            new_state["opt_state"] = opt_state
+            return new_state, step_metrics
+
+        batch_sharding = sharding.batch_sharding(mesh)
+        jit_train_step = jax.jit(
+            train_step,
+            in_shardings=(state_shardings, batch_sharding),
+            out_shardings=(state_shardings, replicated),
+            donate_argnums=0,
+        )
+        batch_spec = {
+            k: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=batch_sharding)
+            for k, s in task.batch_spec(config, model_cfg, batch_size).items()
+        }
+        start_compile = time.time()
+        compiled_step = jit_train_step.lower(abstract_state, batch_spec).compile()
+        logging.info("train step compiled in %.1fs", time.time() - start_compile)
+        step_flops = _flops(compiled_step)
+        if dry_run:
+            report = _dry_run_report(compiled_step, num_params, mesh, step_flops)
+            return RunResult(step=0, state=None, records=[], dry_run=report)
+
+        jit_eval_step = jax.jit(
+            lambda params, batch: task.eval_step(config, model, params, batch),
+            in_shardings=(param_shardings, batch_sharding),
+            out_shardings=batch_sharding,
+        )
+
+        # -------------------------------------------------------------- init or restore
+        ckpt = checkpointing.Checkpointer(workdir, keep=int(config.keep_checkpoints))
+        best_metric = task.best_metric(config) if task.best_metric else None
+        best = checkpointing.BestCheckpointer(workdir, *best_metric) if best_metric else None
+        writer = metrics.MetricWriter(workdir)
+        start = ckpt.latest_step()
+        if start is None:
+            start = 0
+            with jax.set_mesh(None):  # see the note at jax.eval_shape(init_params) above
+                state = jax.jit(init_state, out_shardings=state_shardings)(rng)
+            if task.init_params is not None:
+                state["params"] = _replace_params(
+                    task.init_params(config, model_cfg, state["params"]),
+                    abstract_state["params"],
+                )
+        else:
+            state, data_state = ckpt.restore(start, abstract_state)
+            data.train.set_state(data_state)
+            logging.info("resumed from %s/%d", ckpt.directory, start)
+        writer.truncate_after(start)
+
+        # --------------------------------------------------------------------- the loop
+        records: list[dict[str, Any]] = []
+        fetched: list[dict[str, float]] = []  # host copies of step metrics since the last log
+        pending: list[tuple[int, Any]] = []  # device metrics not yet fetched
+        seq_len = batch_spec["input_ids"].shape[1] if "input_ids" in batch_spec else 0
+        peak = metrics.peak_flops_per_device(mesh.devices.flat[0])
+        step, last_saved = start, start if start else None
+        timer_start, timer_steps, excluded = None, 0, 0.0
+
+        def fetch_and_check() -> None:
+            """Brings pending metrics to the host; raises on a non-finite value."""
+            nonlocal pending
+            for s, values in pending:
+                host_values = {k: float(v) for k, v in jax.device_get(values).items()}
+                _check_finite(s, host_values, ckpt)
+                fetched.append(host_values)
+            pending = []
+
+        with _Preemption() as preemption:
+            while step < schedule.total_steps:
+                if preemption.reached(step):
+                    fetch_and_check()
+                    if last_saved != step:
+                        ckpt.save(step, state, data.train.get_state())
+                    ckpt.wait()
+                    logging.warning("preempted: saved step %d in %s", step, ckpt.directory)
+                    break
+                batch = sharding.global_batch(next(data.train), mesh, batch_size)
+                state, step_metrics = compiled_step(state, batch)
+                step += 1
+                pending.append((step, step_metrics))
+                if timer_start is None:  # time from the end of the first (compiling) step
+                    jax.block_until_ready(step_metrics)
+                    timer_start, timer_steps, excluded = time.time(), 0, 0.0
+                else:
+                    timer_steps += 1
+
+                last = step == schedule.total_steps
+                do_log = step % config.log_every == 0 or last
+                do_eval = last or (schedule.eval_every > 0 and step % schedule.eval_every == 0)
+                do_save = step % config.checkpoint_every == 0 or last
+                if not (do_log or do_eval or do_save):
+                    continue
+                fetch_and_check()
+                record: dict[str, Any] = {}
+                if do_log and fetched:
+                    record.update({k: float(np.mean([f[k] for f in fetched])) for k in fetched[0]})
+                    fetched.clear()
+                    elapsed = time.time() - timer_start - excluded
+                    if timer_steps > 0 and elapsed > 0:
+                        steps_per_sec = timer_steps / elapsed
+                        record["steps_per_sec"] = steps_per_sec
+                        record["examples_per_sec"] = steps_per_sec * batch_size
+                        if seq_len:
+                            record["tokens_per_sec"] = steps_per_sec * batch_size * seq_len
+                        if peak and step_flops:
+                            record["mfu"] = steps_per_sec * step_flops / (peak * mesh.size)
+                    timer_start, timer_steps, excluded = time.time(), 0, 0.0
+                    metrics.log_console(
+                        metrics.progress_line(
+                            step, schedule.total_steps, record, record.get("steps_per_sec", 0)
+                        )
+                    )
+                paused = time.time()
+                if do_eval:
+                    eval_record = _evaluate(task, config, data, jit_eval_step, state, mesh)
+                    record.update(eval_record)
+                    logging.info("eval at step %d: %s", step, _short(eval_record))
+                    if best is not None and best.maybe_save(step, state["params"], eval_record):
+                        logging.info("new best %s = %.4f", best.metric, best.best_value)
+                if record:
+                    writer.write(step, record)
+                    records.append({"step": step, **record})
+                if do_save:
+                    ckpt.save(step, state, data.train.get_state())
+                    last_saved = step
+                excluded += time.time() - paused
+
+        ckpt.close()
+        if best is not None:
+            best.close()
+        writer.close()
+    return RunResult(step=step, state=state, records=records)
+
+
+def _replace_params(new_params: Any, abstract_params: Any) -> Any:
+    """Puts a task's replacement params into the params' shardings, checking the structure."""
+    expected = jax.tree_util.tree_structure(abstract_params)
+    got = jax.tree_util.tree_structure(new_params)
+    if expected != got:
+        raise ValueError(
+            f"task.init_params returned a tree of another structure:\n{got}\n!=\n{expected}"
+        )
+
+    def place(path, new, spec):
+        if tuple(np.shape(new)) != tuple(spec.shape):
+            raise ValueError(
+                f"task.init_params: {jax.tree_util.keystr(path)} has shape {np.shape(new)}, "
+                f"the model expects {spec.shape}"
+            )
+        return jax.device_put(jnp.asarray(new, spec.dtype), spec.sharding)
+
+    return jax.tree_util.tree_map_with_path(place, new_params, abstract_params)
+
+
+def _evaluate(task, config, data, jit_eval_step, state, mesh) -> dict[str, float]:
+    """Runs every eval set of the task; returns {f"{set}/{metric}": value}."""
+    out: dict[str, float] = {}
+    for name, batches in data.eval_sets().items():
+        chunks: list[dict[str, np.ndarray]] = []
+        for local in batches:
+            rows = next(iter(local.values())).shape[0]
+            batch = sharding.global_batch(local, mesh, rows * jax.process_count())
+            result = jit_eval_step(state["params"], batch)
+            if jax.process_count() > 1:
+                result = multihost_utils.process_allgather(result, tiled=True)
+            chunks.append(jax.device_get(result))
+        if not chunks:
+            raise ValueError(f"eval set {name!r} of task {task.name!r} yielded no batches")
+        gathered = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+        for metric, value in task.eval_summary(config, gathered).items():
+            out[f"{name}/{metric}"] = float(value)
+    return out
+
+
+def _short(record: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.4g}" for k, v in record.items())
+
+
+def _flops(compiled: Any) -> float | None:
+    """FLOPs of one call of a compiled executable, per device (XLA's count), if known."""
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # not every backend implements it
+        return None
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else None
+    flops = (cost or {}).get("flops")
+    return float(flops) if flops and flops > 0 else None
+
+
+def _dry_run_report(compiled: Any, num_params: int, mesh: Any, flops: float | None) -> dict:
+    """Parameter count, per-device memory and FLOPs of the compiled train step."""
+    report: dict[str, Any] = {
+        "params": num_params,
+        "mesh": dict(mesh.shape),
+        "devices": mesh.size,
+        "flops_per_step_per_device": flops,
+    }
+    try:
+        memory = compiled.memory_analysis()
+    except Exception:
+        memory = None
+    if memory is not None:
+        fields = (
+            "argument_size_in_bytes",
+            "output_size_in_bytes",
+            "alias_size_in_bytes",
+            "temp_size_in_bytes",
+            "generated_code_size_in_bytes",
+        )
+        for field in fields:
+            report[field] = int(getattr(memory, field, 0) or 0)
+        # Donated state aliases the outputs: count it once.
+        report["peak_bytes_per_device_estimate"] = (
+            report["argument_size_in_bytes"]
+            + report["output_size_in_bytes"]
+            - report["alias_size_in_bytes"]
+            + report["temp_size_in_bytes"]
+        )
+    gib = 1024**3
+    lines = [
+        f"dry run: {num_params:,} parameters; mesh {dict(mesh.shape)} ({mesh.size} devices)",
+    ]
+    if memory is not None:
+        lines.append(
+            "per-device memory: arguments {:.2f} GiB, outputs {:.2f} GiB (aliased {:.2f} GiB), "
+            "temporaries {:.2f} GiB; peak estimate {:.2f} GiB".format(
+                report["argument_size_in_bytes"] / gib,
+                report["output_size_in_bytes"] / gib,
+                report["alias_size_in_bytes"] / gib,
+                report["temp_size_in_bytes"] / gib,
+                report["peak_bytes_per_device_estimate"] / gib,
+            )
+        )
+    if flops:
+        lines.append(
+            f"FLOPs per step: {flops / 1e12:.3f} TFLOP per device, "
+            f"{flops * mesh.size / 1e12:.3f} TFLOP in total"
+        )
+    for line in lines:
+        print(line, flush=True)
+    return report

@@ -1,0 +1,83 @@
+"""GLUE fine-tuning (BERT paper recipe): one config for every task, chosen after the colon.
+
+    python -m bertjax.main --config=configs/glue.py:stsb --workdir=runs/stsb \
+        --config.init_from=/path/to/hf_or_bertjax_checkpoint
+
+Tasks: cola, sst2, mrpc, stsb, qqp, mnli (matched + mismatched dev), qnli, rte, wnli.
+Data come from TensorFlow Datasets (glue/TASK) unless `config.data.data_dir` names a GLUE TSV
+directory (TASK/train.tsv, TASK/dev.tsv, ...). Eval runs at the end of every epoch; the params
+with the best dev value of the task's metric are kept in WORKDIR/best/ (see bertjax/tasks/glue.py).
+"""
+
+import ml_collections
+
+# The BERT paper's fine-tuning grid (Appendix A.3); launch/glue_sweep.py runs all of it.
+PAPER_LEARNING_RATES = (5e-5, 4e-5, 3e-5, 2e-5)
+PAPER_BATCH_SIZES = (16, 32)
+PAPER_EPOCHS = (2, 3, 4)
+
+
+def get_config(task: str = "mrpc") -> ml_collections.ConfigDict:
+    """Fine-tuning config of GLUE task `task` (e.g. `--config=configs/glue.py:stsb`)."""
+    from bertjax.data import glue  # validates the task name, listing the valid ones
+
+    glue_task = glue.get_task(task)
+    config = ml_collections.ConfigDict()
+    config.task = "glue"
+    config.seed = 0
+
+    # Where the pretrained encoder comes from: a bertjax workdir / checkpoint directory
+    # (pretraining heads dropped) or a Hugging Face checkpoint directory (config.json +
+    # model.safetensors). "" trains config.model from scratch (only sensible for tests).
+    config.init_from = ""
+
+    # Model: sizes come from init_from's checkpoint. config.model.preset ("" = take the
+    # checkpoint's) and vocab_size (0 = the tokenizer's / checkpoint's) are checked against it.
+    config.model = ml_collections.ConfigDict()
+    config.model.preset = ""
+    config.model.vocab_size = 0
+    config.model.hidden_dropout = 0.1
+    config.model.attention_dropout = 0.1
+    config.model.dtype = "float32"  # compute dtype; "bfloat16" for mixed precision
+    config.model.param_dtype = "float32"
+    config.model.remat = "none"
+    config.model.attention_impl = "xla"
+
+    config.data = ml_collections.ConfigDict()
+    config.data.task = glue_task.name
+    config.data.data_dir = ""  # GLUE TSV directory; "" = TensorFlow Datasets glue/TASK
+    config.data.tfds_data_dir = ""  # "" = TFDS's default (~/tensorflow_datasets)
+    # vocab.txt; "" = init_from's (HF dir or bertjax workdir, found next to the checkpoint).
+    config.data.vocab_file = ""
+    config.data.do_lower_case = True
+    config.data.max_seq_length = 128
+    config.data.bad_rows = "error"  # "error" | "skip" (malformed TSV rows; skips are logged)
+
+    # Recipe (BERT paper defaults; the sweep varies learning_rate, batch_size, epochs).
+    config.batch_size = 32
+    config.eval_batch_size = 0  # 0 = batch_size
+    config.num_train_epochs = 3.0
+    config.total_steps = 0  # derived from num_train_epochs
+    config.log_every = 50
+    config.eval_every = 0  # 0 = at the end of every epoch
+    config.eval_batches = 0  # unused: GLUE evaluates the whole dev set
+    config.checkpoint_every = 1000
+    config.keep_checkpoints = 1
+
+    config.optim = ml_collections.ConfigDict()
+    config.optim.name = "adamw"
+    config.optim.learning_rate = 2e-5
+    config.optim.warmup_steps = 0  # replaced by warmup_proportion * total steps
+    config.optim.warmup_proportion = 0.1
+    config.optim.weight_decay = 0.01
+    config.optim.b1 = 0.9
+    config.optim.b2 = 0.999
+    config.optim.eps = 1e-6
+    config.optim.grad_clip_norm = 1.0
+    config.optim.grad_accum_steps = 1
+
+    config.mesh = ml_collections.ConfigDict()
+    config.mesh.data = -1
+    config.mesh.fsdp = 1
+    config.mesh.tensor = 1
+    return config

@@ -1,0 +1,224 @@
+"""KV-cache generation: cache == full forward, greedy == transformers' generate, sampling sets."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bertjax import generate as generate_lib
+from bertjax import models
+from bertjax.convert import from_hf
+from bertjax.generate import generate, init_cache, sample_logits
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+VOCAB = 97
+
+
+@pytest.fixture(scope="module")
+def hf_and_ours(tmp_path_factory):
+    """A random HF GPT-2 (odd sizes, perturbed weights so that greedy paths are not trivial)
+    and the same model converted to bertjax: (hf_model, model, params)."""
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        vocab_size=VOCAB, n_positions=64, n_embd=44, n_layer=2, n_head=4, n_inner=72
+    )
+    hf = transformers.GPT2LMHeadModel(config).eval()
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.3)
+    directory = tmp_path_factory.mktemp("hf")
+    hf.save_pretrained(directory)
+    cfg, params = from_hf(directory)
+    return hf, models.build(cfg), params
+
+
+PROMPTS = [[5, 17, 3, 88, 41], [9] * 11, [60], [1, 2, 3, 4, 5, 6, 7, 8]]
+NEW = 16  # one max_new_tokens everywhere, so that the tests share compilations
+
+
+def hf_greedy(hf, prompts, max_new_tokens, eos_id=None):
+    """transformers' greedy generate on left-padded prompts; returns each row's new tokens."""
+    width = max(map(len, prompts))
+    ids = np.zeros((len(prompts), width), np.int64)
+    mask = np.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :], mask[i, width - len(p) :] = p, 1
+    with torch.no_grad():
+        out = hf.generate(
+            torch.tensor(ids),
+            attention_mask=torch.tensor(mask),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=eos_id,
+            pad_token_id=0 if eos_id is None else eos_id,
+        ).numpy()
+    rows = []
+    for row in out[:, width:]:
+        if eos_id is not None and eos_id in row:
+            row = row[: list(row).index(eos_id) + 1]
+        rows.append(row)
+    return rows
+
+
+def test_greedy_matches_transformers_token_for_token(hf_and_ours):
+    hf, model, params = hf_and_ours
+    ours = generate(model, params, PROMPTS, NEW, temperature=0.0)
+    ref = hf_greedy(hf, PROMPTS, NEW)
+    for prompt, out, expected in zip(PROMPTS, ours, ref, strict=True):
+        np.testing.assert_array_equal(out[: len(prompt)], prompt)
+        np.testing.assert_array_equal(out[len(prompt) :], expected)
+
+
+def test_stops_at_end_of_text_like_transformers(hf_and_ours):
+    hf, model, params = hf_and_ours
+    free = generate(model, params, PROMPTS, NEW, temperature=0.0)
+    new0 = list(free[0][len(PROMPTS[0]) :])
+    eos = int(new0[4])  # a token row 0 really emits (at its 5th step, maybe earlier too)
+    stop = new0.index(eos) + 1
+    assert stop < NEW
+    ours = generate(model, params, PROMPTS, NEW, temperature=0.0, eos_id=eos)
+    ref = hf_greedy(hf, PROMPTS, NEW, eos_id=eos)
+    for prompt, out, expected in zip(PROMPTS, ours, ref, strict=True):
+        np.testing.assert_array_equal(out[len(prompt) :], expected)
+    assert len(ours[0]) == len(PROMPTS[0]) + stop and ours[0][-1] == eos
+    # The 2-D form pads after the end of text.
+    block = generate(
+        model, params, np.array([PROMPTS[0]]), NEW, temperature=0.0, eos_id=eos, pad_id=0
+    )
+    assert block.shape == (1, len(PROMPTS[0]) + NEW)
+    np.testing.assert_array_equal(block[0, : len(ours[0])], ours[0])
+    assert (block[0, len(ours[0]) :] == 0).all()
+
+
+def test_cached_decoding_gives_the_full_forward_logits(hf_and_ours):
+    """Ragged prompts prefilled as one right-padded block, then one token at a time."""
+    _, model, params = hf_and_ours
+    rng = np.random.default_rng(0)
+    seqs = [rng.integers(0, VOCAB, n) for n in (14, 9, 17)]
+    prompt_lens = np.array([6, 3, 8], np.int32)
+    steps = 6
+    decoder = model.clone(decode=True)
+    cache = init_cache(model, 3, 8 + steps)
+
+    @jax.jit
+    def step(cache, ids, lengths=None):
+        out, mutated = decoder.apply(
+            {"params": params, "cache": cache},
+            {"input_ids": ids},
+            decode_lengths=lengths,
+            mutable=["cache"],
+        )
+        return out["logits"], mutated["cache"]
+
+    block = np.zeros((3, 8), np.int32)
+    for i, s in enumerate(seqs):
+        block[i, : prompt_lens[i]] = s[: prompt_lens[i]]
+    logits, cache = step(cache, block, jnp.asarray(prompt_lens))
+    cached = [[logits[i, : prompt_lens[i]]] for i in range(3)]
+    for t in range(steps):
+        step_ids = np.array([[s[prompt_lens[i] + t]] for i, s in enumerate(seqs)], np.int32)
+        logits, cache = step(cache, step_ids)
+        for i in range(3):
+            cached[i].append(logits[i])
+    # The full forward pass of each row (right-padded into one block: causal, so the padding
+    # after a row's tokens cannot change their logits).
+    full_block = np.zeros((3, 17), np.int32)
+    for i, s in enumerate(seqs):
+        full_block[i, : len(s)] = s
+    full = jax.jit(model.apply)({"params": params}, {"input_ids": full_block})["logits"]
+    for i in range(3):
+        n = prompt_lens[i] + steps
+        np.testing.assert_allclose(np.concatenate(cached[i]), full[i, :n], atol=1e-5)
+
+
+def test_compiles_once_per_shape_not_per_token(hf_and_ours):
+    _, model, params = hf_and_ours
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8], [9] * 13, [9, 9]]
+    generate(model, params, prompts, NEW, temperature=0.0)
+    size = generate_lib._generate_block._cache_size()
+    # Other prompts whose lengths fall in the same bucket (at most 16), other tokens: the same
+    # compiled function. Likewise another temperature and seed once sampling is compiled.
+    generate(model, params, [[4, 5, 6, 7, 8], [1], [2] * 16, [3] * 9], NEW, temperature=0.0)
+    assert generate_lib._generate_block._cache_size() == size
+    generate(model, params, prompts, NEW, temperature=0.7, rng=1)
+    size = generate_lib._generate_block._cache_size()
+    generate(model, params, prompts[::-1], NEW, temperature=1.3, rng=2)
+    assert generate_lib._generate_block._cache_size() == size
+
+
+def test_sampling_is_reproducible_and_top_k_one_is_greedy(hf_and_ours):
+    _, model, params = hf_and_ours
+    a = generate(model, params, PROMPTS, NEW, temperature=1.0, rng=jax.random.key(3))
+    b = generate(model, params, PROMPTS, NEW, temperature=1.0, rng=jax.random.key(3))
+    c = generate(model, params, PROMPTS, NEW, temperature=1.0, rng=jax.random.key(4))
+    assert all((x == y).all() for x, y in zip(a, b, strict=True))
+    assert any((x != y).any() for x, y in zip(a, c, strict=True))
+    greedy = generate(model, params, PROMPTS, NEW, temperature=0.0)
+    top1 = generate(model, params, PROMPTS, NEW, temperature=1.0, top_k=1, rng=5)
+    assert all((x == y).all() for x, y in zip(greedy, top1, strict=True))
+
+
+_sample = jax.jit(sample_logits, static_argnames=("greedy", "top_k", "use_top_p"))
+
+
+def _draws(logits, n=4000, temperature=1.0, **kwargs):
+    """n samples from each row of `logits` (rows repeated, one jitted call)."""
+    tiled = jnp.repeat(jnp.asarray(logits, jnp.float32), n, axis=0)
+    out = _sample(tiled, jax.random.key(0), temperature, **kwargs)
+    return np.asarray(out).reshape(len(logits), n)
+
+
+def test_top_k_never_samples_outside_the_k_most_likely():
+    logits = np.random.default_rng(0).normal(size=(3, 50)) * 2
+    for k in (1, 5, 17):
+        draws = _draws(logits, top_k=k)
+        for row, d in zip(logits, draws, strict=True):
+            allowed = set(np.argsort(-row)[:k])
+            assert set(d) <= allowed
+            assert len(set(d)) == min(k, len(set(d))) and (k == 1 or len(set(d)) > 1)
+
+
+def test_top_p_never_samples_outside_the_nucleus():
+    probs = np.array([[0.5, 0.3, 0.15, 0.05], [0.05, 0.15, 0.3, 0.5]])
+    logits = np.log(probs)
+    # p = 0.6: {0.5, 0.3} is the smallest set reaching 0.6.
+    draws = _draws(logits, top_p=0.6, use_top_p=True)
+    assert set(draws[0]) == {0, 1} and set(draws[1]) == {3, 2}
+    # p = 0.5: the top token alone has mass 0.5 >= p.
+    assert set(_draws(logits, top_p=0.5, use_top_p=True)[0]) == {0}
+    # The kept tokens keep their relative odds (0.5 : 0.3).
+    assert abs((draws[0] == 0).mean() - 0.5 / 0.8) < 0.03
+    # Random logits: samples always inside the nucleus computed independently in numpy.
+    logits = np.random.default_rng(1).normal(size=(4, 40)) * 3
+    for p in (0.3, 0.8, 0.95):
+        draws = _draws(logits, top_p=p, use_top_p=True, temperature=0.7)
+        for row, d in zip(logits, draws, strict=True):
+            q = np.exp((row - row.max()) / 0.7)
+            q /= q.sum()
+            order = np.argsort(-q)
+            size = int(np.searchsorted(np.cumsum(q[order]), p) + 1)
+            assert set(d) <= set(order[:size])
+
+
+def test_top_k_and_top_p_together():
+    logits = np.random.default_rng(2).normal(size=(2, 30)) * 2
+    draws = _draws(logits, top_k=4, top_p=0.9, use_top_p=True)
+    for row, d in zip(logits, draws, strict=True):
+        assert set(d) <= set(np.argsort(-row)[:4])
+
+
+def test_bad_arguments_are_clear_errors(hf_and_ours):
+    _, model, params = hf_and_ours
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        generate(model, params, [[1] * 60], 10)
+    with pytest.raises(ValueError, match="outside"):
+        generate(model, params, [[1, VOCAB]], 3)
+    with pytest.raises(ValueError, match="top_p"):
+        generate(model, params, [[1]], 3, top_p=0.0)
+    with pytest.raises(ValueError, match="non-empty"):
+        generate(model, params, [[1], []], 3)

@@ -82,15 +82,12 @@ def main() -> None:
     tok = WordPieceTokenizer.from_vocab_file(vocab_path, do_lower_case=True)
     docs = [list(d) for d in embedded_corpus.embedded_documents()]
     sentences = [s for d in docs for s in d]
-    reps = 10
-    text_mb = reps * sum(len(s.encode()) for s in sentences) / 1e6
+    text_mb = sum(len(s.encode()) for s in sentences) / 1e6
+    load_before = os.getloadavg()[0]
     rows: list[tuple[str, str]] = []
 
-    t0 = time.perf_counter()
-    tok.encode_batch(sentences * reps)
-    rows.append(
-        ("tokenization (Rust, all cores)", f"{text_mb / (time.perf_counter() - t0):.1f} MB/s")
-    )
+    rate = _rate(lambda: tok.encode_batch(sentences), text_mb, args.seconds)
+    rows.append(("tokenization (Rust, all cores)", f"{rate:.2f} MB/s"))
 
     corpus = tokenize_documents(tok, docs * 20)  # 20 copies: a corpus of ~1.3M tokens
     n_inst = len(
@@ -209,7 +206,9 @@ def main() -> None:
     print(
         f"\nbertjax data pipeline speed: {os.cpu_count()} CPU cores, seq_len {seq_len}, batch {bs}"
     )
-    print(f"vocabulary: {vocab_desc}; text: embedded corpus x{reps} ({text_mb:.1f} MB)\n")
+    print(f"vocabulary: {vocab_desc}; text: the embedded corpus ({text_mb:.2f} MB)")
+    load = (load_before, os.getloadavg()[0])
+    print(f"load average (1 min) before / after: {load[0]:.1f} / {load[1]:.1f}\n")
     width = max(len(r[0]) for r in rows)
     print(f"| {'measure'.ljust(width)} | {'speed':>14} |")
     print(f"|{'-' * (width + 2)}|{'-' * 16}|")

@@ -7,7 +7,6 @@ unconditionally. (Task metrics such as GLUE's Pearson or MCC live with their tas
 from __future__ import annotations
 
 import json
-import math
 import pathlib
 from collections.abc import Mapping
 
@@ -82,11 +81,9 @@ class MetricWriter:
 
 
 def _plain(value: object) -> object:
-    """A JSON-able Python scalar; non-finite floats stay as NaN/Infinity (json allows them)."""
+    """A JSON-able Python scalar, at full precision (resumed runs are compared bit for bit)."""
     if hasattr(value, "item"):
         value = value.item()
-    if isinstance(value, float) and math.isfinite(value):
-        return float(f"{value:.7g}")
     return value
 
 

@@ -263,8 +263,8 @@ def run(
             step_metrics = {
                 **step_metrics,
                 "learning_rate": learning_rate(state["step"]),
-                "grad_norm": optax.global_norm(grads),
-                "param_norm": optax.global_norm(params),
+                "grad_norm": optax.tree.norm(grads),
+                "param_norm": optax.tree.norm(params),
             }
             new_state = {**state, "step": state["step"] + 1, "params": params}
             new_state["opt_state"] = opt_state
@@ -383,9 +383,9 @@ def run(
                 if do_eval:
                     eval_record = _evaluate(task, config, data, jit_eval_step, state, mesh)
                     record.update(eval_record)
-                    logging.info("eval at step %d: %s", step, _short(eval_record))
+                    metrics.log_console(f"eval at step {step}: {_short(eval_record)}")
                     if best is not None and best.maybe_save(step, state["params"], eval_record):
-                        logging.info("new best %s = %.4f", best.metric, best.best_value)
+                        metrics.log_console(f"new best {best.metric} = {best.best_value:.4f}")
                 if record:
                     writer.write(step, record)
                     records.append({"step": step, **record})

@@ -17,21 +17,33 @@ def get_config() -> ml_collections.ConfigDict:
     # Model: a size preset plus overrides (see bertjax/models/config.py).
     config.model = ml_collections.ConfigDict()
     config.model.preset = "tiny"
-    config.model.vocab_size = 0  # 0: take the tokenizer's vocabulary size.
+    config.model.vocab_size = 0  # 0: the tokenizer's size, rounded up to a multiple of 128.
+    # The preset's sizes, spelled out so that --config.model.num_layers=1 etc. work.
+    config.model.num_layers = 2
+    config.model.hidden_size = 128
+    config.model.num_heads = 2
+    config.model.intermediate_size = 512
+    config.model.hidden_dropout = 0.1
+    config.model.attention_dropout = 0.1
     config.model.max_position_embeddings = 128
     config.model.dtype = "float32"  # compute dtype; "bfloat16" for mixed precision
     config.model.param_dtype = "float32"
     config.model.remat = "none"
 
-    # Data (bertjax/data): google-research/bert flag names where one exists.
+    # Data (bertjax/data): google-research/bert flag names where one exists; every key is
+    # documented in bertjax/data/settings.py.
     config.data = ml_collections.ConfigDict()
-    config.data.source = "embedded"  # "embedded" | "text_files" | "tfds"
+    config.data.source = "embedded"  # "embedded" | "text_files" | "tfds" | "prepared"
     config.data.text_files = ""  # path or glob, comma-separated allowed
     config.data.text_format = "bert"  # "bert" (sentence per line) | "paragraphs"
     config.data.tfds_name = ""  # e.g. "wikipedia/20230601.en"
     config.data.tfds_split = "train"
+    config.data.tfds_data_dir = ""  # empty: TFDS's default data dir
+    config.data.tfds_text_key = "text"  # the feature holding a document's text
+    config.data.prepared_dir = ""  # output of `python -m bertjax.data.prepare`
     config.data.vocab_file = ""  # empty: train a WordPiece vocabulary from the corpus
-    config.data.vocab_size = 8192  # size of a trained vocabulary
+    # Size of a trained vocabulary; the embedded corpus supports about 3,400 pieces.
+    config.data.vocab_size = 3000
     config.data.do_lower_case = True
     config.data.max_seq_length = 128
     config.data.max_predictions_per_seq = 20
@@ -39,7 +51,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.short_seq_prob = 0.1
     config.data.do_whole_word_mask = False
     config.data.sentence_objective = "nsp"  # "nsp" | "sop" | "none"
-    config.data.dupe_factor = 5
+    config.data.dupe_factor = 5  # offline `prepare` only: instance passes per document
     config.data.eval_fraction = 0.02  # documents held out for eval
     config.data.min_document_chars = 20
     config.data.dedup_documents = True

@@ -337,3 +337,11 @@ def test_masks_are_dynamic(tokenizer, corpus):
     other = mask_batch(rows, cfg, np.random.default_rng(1))
     np.testing.assert_array_equal(again["input_ids"], b1["input_ids"])
     assert (other["masked_lm_positions"] != b1["masked_lm_positions"]).any()
+
+
+def test_tokenizing_in_chunks_gives_the_same_corpus(tokenizer, corpus):
+    docs = [list(d) for d in embedded_corpus.embedded_documents()]
+    chunked = tokenize_documents(tokenizer, docs, chunk_sentences=37)
+    for field in ("tokens", "sentence_starts", "document_starts"):
+        np.testing.assert_array_equal(getattr(chunked, field), getattr(corpus, field))
+    assert corpus.num_documents == len(docs)

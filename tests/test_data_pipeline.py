@@ -100,7 +100,7 @@ def test_restoring_state_mid_epoch_and_across_epochs_gives_the_identical_next_ba
     assert restored.get_state() == it.get_state()
 
 
-def test_epochs_re_pair_reshuffle_and_re_mask(data):
+def test_epochs_re_pair_reshuffle_and_re_mask(vocab_file, data):
     source = data._train_source
     e0, e1 = source.epoch(0), source.epoch(1)
     assert not (len(e0) == len(e1) and (e0.a_start == e1.a_start).all())
@@ -109,6 +109,13 @@ def test_epochs_re_pair_reshuffle_and_re_mask(data):
     state = it.get_state()
     it.set_state({**state, "epoch": 1, "index": 0})
     assert (next(it)["input_ids"] != first["input_ids"]).any()
+    # A batch larger than an epoch runs on through the following epochs.
+    big = build_pretraining_data(
+        tiny_data_config(vocab_file=vocab_file), seed=3, local_batch_size=2 * len(e0) + 5
+    ).train_iterator()
+    batch = next(big)
+    assert batch["input_ids"].shape[0] == 2 * len(e0) + 5
+    assert big.get_state()["epoch"] == 2
 
 
 def test_state_from_another_pipeline_is_refused(vocab_file, data):

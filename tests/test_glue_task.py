@@ -2,6 +2,7 @@
 init_from a bertjax pretraining checkpoint and from a Hugging Face checkpoint, predictions and
 GLUE submission files, configs, and the sweep launcher's selection and tables."""
 
+import functools
 import json
 import pathlib
 import random
@@ -75,12 +76,16 @@ def _flat(tree, prefix=()):
     return out
 
 
+@functools.cache
 def _fresh_params(cfg, seed=0):
+    """Freshly initialised params of `cfg` as numpy (cached: compiling init is the slow part)."""
     import flax
 
     batch = models.example_batch(cfg)
     init = jax.jit(models.build(cfg).init)  # compiled: much faster than op-by-op on CPU
-    return flax.core.meta.unbox(init(jax.random.key(seed), batch)["params"])
+    return jax.tree.map(
+        np.asarray, flax.core.meta.unbox(init(jax.random.key(seed), batch)["params"])
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,7 +239,7 @@ def test_init_from_hugging_face_checkpoint(tiny_glue, tiny_hf_dir):
         "token_type_ids": np.array([[0] * 5 + [1] * 3 + [0] * 2], np.int32),
         "attention_mask": (ids > 0).astype(np.int32),
     }
-    ours = models.build(cfg).apply({"params": params}, batch)["pooled"]
+    ours = jax.jit(models.build(cfg).apply)({"params": params}, batch)["pooled"]
     with torch.no_grad():
         theirs = hf_model(**{k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()})
     np.testing.assert_allclose(np.asarray(ours), theirs.pooler_output.numpy(), atol=2e-5)
@@ -292,7 +297,7 @@ def test_eval_summary_uses_the_task_metrics_and_drops_padding():
 
 def test_loss_is_averaged_over_real_rows_only():
     cfg = models.get_config("tiny", vocab_size=len(VOCAB), head="classification", num_labels=1,
-                            max_position_embeddings=16)  # fmt: skip
+                            max_position_embeddings=16, num_layers=1)  # fmt: skip
     model = models.build(cfg)
     params = _fresh_params(cfg)
     batch = {
@@ -302,8 +307,8 @@ def test_loss_is_averaged_over_real_rows_only():
         "labels": np.array([1.0, 4.0, 123.0], np.float32),
         "weights": np.array([1.0, 1.0, 0.0], np.float32),
     }
-    loss, _ = glue_task.loss_fn(None, model, params, batch, jax.random.key(0), False)
-    logits = model.apply({"params": params}, batch)["logits"][:, 0]
+    loss, _ = jax.jit(lambda p, b: glue_task.loss_fn(None, model, p, b, None, False))(params, batch)
+    logits = jax.jit(model.apply)({"params": params}, batch)["logits"][:, 0]
     assert float(loss) == pytest.approx(float(np.mean((logits[:2] - batch["labels"][:2]) ** 2)))
 
 

@@ -41,17 +41,16 @@ class ByteBPETokenizer:
     # -- construction -------------------------------------------------------------------------
 
     @classmethod
-    def from_files(cls, vocab_file: str, merges_file: str) -> ByteBPETokenizer:
+    def from_files(
+        cls, vocab_file: str | os.PathLike, merges_file: str | os.PathLike
+    ) -> ByteBPETokenizer:
         """GPT-2's `vocab.json` + `merges.txt` (e.g. from a Hugging Face gpt2 directory)."""
+        vocab_file, merges_file = os.fspath(vocab_file), os.fspath(merges_file)
         for path in (vocab_file, merges_file):
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"BPE tokenizer file not found: {path}")
-        try:
-            wrapper = ByteLevelBPETokenizer.from_file(vocab_file, merges_file)
-        except Exception as e:  # the Rust error does not say which file is bad
-            raise ValueError(
-                f"cannot read a byte-level BPE vocabulary from {vocab_file} + {merges_file}: {e}"
-            ) from e
+        _check_bpe_files(vocab_file, merges_file)  # the Rust loader panics without saying where
+        wrapper = ByteLevelBPETokenizer.from_file(vocab_file, merges_file)
         tokenizer = wrapper._tokenizer
         # GPT-2's vocab.json holds <|endoftext|> as an ordinary entry (id 50256); registering it
         # as special keeps its id and stops the pre-tokenizer from splitting it in raw text.
@@ -59,8 +58,9 @@ class ByteBPETokenizer:
         return cls(tokenizer)
 
     @classmethod
-    def from_dir(cls, directory: str) -> ByteBPETokenizer:
+    def from_dir(cls, directory: str | os.PathLike) -> ByteBPETokenizer:
         """`tokenizer.json` if the directory has one, else `vocab.json` + `merges.txt`."""
+        directory = os.fspath(directory)
         tok_json = os.path.join(directory, "tokenizer.json")
         if os.path.isfile(tok_json):
             return cls(tokenizers.Tokenizer.from_file(tok_json))
@@ -88,8 +88,9 @@ class ByteBPETokenizer:
         )
         return cls(wrapper._tokenizer)
 
-    def save(self, directory: str) -> None:
+    def save(self, directory: str | os.PathLike) -> None:
         """Writes `vocab.json` + `merges.txt` (GPT-2's layout) and `tokenizer.json`."""
+        directory = os.fspath(directory)
         os.makedirs(directory, exist_ok=True)
         self.tokenizer.model.save(directory)  # vocab.json, merges.txt
         self.tokenizer.save(os.path.join(directory, "tokenizer.json"))
@@ -124,3 +125,30 @@ class ByteBPETokenizer:
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+
+def _check_bpe_files(vocab_file: str, merges_file: str) -> None:
+    """Raises a ValueError naming the file and line of a malformed vocab.json / merges.txt."""
+    try:
+        with open(vocab_file, encoding="utf-8") as f:
+            vocab = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{vocab_file}: not a JSON vocabulary ({e})") from e
+    if not isinstance(vocab, dict) or not all(
+        isinstance(k, str) and isinstance(v, int) for k, v in vocab.items()
+    ):
+        raise ValueError(f"{vocab_file}: expected a JSON object mapping token strings to int ids")
+    with open(merges_file, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            line = line.rstrip("\r\n")
+            if not line or (line_no == 1 and line.startswith("#version")):
+                continue
+            parts = line.split(" ")
+            if len(parts) != 2 or not all(parts):
+                raise ValueError(f"{merges_file}:{line_no}: expected two tokens, got {line!r}")
+            for token in (*parts, parts[0] + parts[1]):
+                if token not in vocab:
+                    raise ValueError(
+                        f"{merges_file}:{line_no}: merge {line!r} uses {token!r}, "
+                        f"which is not in {vocab_file}"
+                    )

@@ -71,6 +71,24 @@ class TokenizedCorpus:
         np.cumsum(sentence_lengths, out=starts[1:])
         return cls(tokens, starts, np.asarray(doc_starts, np.int64))
 
+    @staticmethod
+    def concatenate(parts: Sequence[TokenizedCorpus]) -> TokenizedCorpus:
+        """One corpus holding the documents of `parts`, in order."""
+        if not parts:
+            return TokenizedCorpus.from_token_lists([])
+        tokens = np.concatenate([p.tokens for p in parts])
+        token_offsets = np.cumsum([0] + [len(p.tokens) for p in parts[:-1]])
+        sentence_offsets = np.cumsum([0] + [p.num_sentences for p in parts[:-1]])
+        sentence_starts = np.concatenate(
+            [p.sentence_starts[:-1] + o for p, o in zip(parts, token_offsets, strict=True)]
+            + [np.array([len(tokens)], np.int64)]
+        )
+        document_starts = np.concatenate(
+            [p.document_starts[:-1] + o for p, o in zip(parts, sentence_offsets, strict=True)]
+            + [np.array([len(sentence_starts) - 1], np.int64)]
+        )
+        return TokenizedCorpus(tokens, sentence_starts, document_starts)
+
 
 @dataclasses.dataclass(frozen=True)
 class InstanceSpans:
@@ -252,9 +270,10 @@ def assemble_batch(
 ) -> AssembledBatch:
     """Gathers each instance's tokens into fixed-length rows, vectorised over the batch."""
     n = len(spans)
-    pos = np.arange(max_seq_length, dtype=np.int64)[None, :]
-    a_len = spans.a_len[:, None]
-    b_len = spans.b_len[:, None]
+    # Positions and lengths fit in int32 (faster comparisons); token indices stay int64.
+    pos = np.arange(max_seq_length, dtype=np.int32)[None, :]
+    a_len = spans.a_len.astype(np.int32)[:, None]
+    b_len = spans.b_len.astype(np.int32)[:, None]
     b_first = a_len + 2  # position of B's first token
     in_a = (pos >= 1) & (pos <= a_len)
     in_b = (pos >= b_first) & (pos < b_first + b_len)
@@ -263,7 +282,7 @@ def assemble_batch(
     offset = np.where(
         in_b, (spans.b_start - spans.a_len - 2)[:, None], (spans.a_start - 1)[:, None]
     )
-    src = np.where(candidates, pos + offset, 0)
+    src = np.where(candidates, offset + pos, 0)
     input_ids = tokens.take(src) if len(tokens) else np.zeros(src.shape, np.int32)
     input_ids = np.where(candidates, input_ids, pad_id).astype(np.int32, copy=False)
     rows = np.arange(n)

@@ -96,21 +96,34 @@ def mask_batch(
 def _choose_tokens(
     candidates: np.ndarray, budget: np.ndarray, num_preds: int, rng: np.random.Generator
 ) -> np.ndarray:
-    """int64[B, P]: `budget[b]` random candidate positions of row b, ascending, then `T` padding.
+    """int[B, P]: `budget[b]` random candidate positions of row b, ascending, then `T` padding.
 
     One sort per row: each key holds random bits above the position's bits, so sorting the keys
-    shuffles the positions and the position is read back from the low bits (no argsort).
+    shuffles the positions and the position is read back from the low bits (no argsort). int32
+    keys (fast SIMD sorts) leave 23 random bits at length 128; two equal random parts (about one
+    row in 2,000) only order those two positions by index.
     """
     n_rows, seq_len = candidates.shape
     bits = max(1, int(seq_len - 1).bit_length())
-    keys = rng.integers(0, 1 << (62 - bits), candidates.shape, dtype=np.int64) << bits
-    keys |= np.arange(seq_len, dtype=np.int64)[None, :]
-    keys[~candidates] |= np.int64(1) << 62  # non-candidates sort last
+    dtype = np.int32 if bits <= 12 else np.int64
+    top = 30 if dtype == np.int32 else 62
+    keys = _random_bits(rng, candidates.shape, dtype, top - bits) << bits
+    keys |= np.arange(seq_len, dtype=dtype)[None, :]
+    keys = np.where(candidates, keys, np.iinfo(dtype).max)  # non-candidates sort last
     k = min(num_preds, seq_len)
     smallest = np.sort(np.partition(keys, k - 1, axis=1)[:, :k], axis=1)
     picked = smallest & ((1 << bits) - 1)
     picked = np.where(np.arange(k)[None, :] < budget[:, None], picked, seq_len)
     return np.sort(picked, axis=1)
+
+
+def _random_bits(rng: np.random.Generator, shape: tuple[int, ...], dtype, nbits: int) -> np.ndarray:
+    """Uniform `nbits`-bit non-negative integers: raw generator output, masked (2x faster than
+    `rng.integers`, which draws bounded values)."""
+    n = int(np.prod(shape))
+    itemsize = np.dtype(dtype).itemsize
+    raw = rng.bit_generator.random_raw(-(-n * itemsize // 8))
+    return (raw.view(dtype)[:n].reshape(shape)) & dtype((1 << nbits) - 1)
 
 
 def _choose_whole_words(

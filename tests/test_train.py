@@ -1,0 +1,163 @@
+"""The training loop in-process on the real model and data: end to end, sharding, NaN, dry run."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec
+
+from bertjax import checkpointing, config_lib, train
+
+CONFIG = "configs/bert_tiny_pretrain.py"
+# L1/H32, seq 32, a 1000-token vocabulary, batch 8: a step takes milliseconds.
+TINY = {
+    "model.num_layers": 1,
+    "model.hidden_size": 32,
+    "model.num_heads": 2,
+    "model.intermediate_size": 64,
+    "model.max_position_embeddings": 32,
+    "data.max_seq_length": 32,
+    "data.max_predictions_per_seq": 5,
+    "data.vocab_size": 1000,
+    "batch_size": 8,
+    "log_every": 1,
+    "eval_every": 0,
+    "eval_batches": 2,
+    "checkpoint_every": 100,
+    "optim.warmup_steps": 1,
+}
+TRAIN_KEYS = {
+    "loss",
+    "mlm_loss",
+    "nsp_loss",
+    "mlm_accuracy",
+    "nsp_accuracy",
+    "learning_rate",
+    "grad_norm",
+    "examples_per_sec",
+    "tokens_per_sec",
+}
+
+
+def tiny_config(**overrides):
+    return config_lib.load(CONFIG, {**TINY, **overrides})
+
+
+def read_metrics(workdir):
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_tiny_config_end_to_end(tmp_path):
+    config = tiny_config(
+        total_steps=16,
+        eval_every=8,
+        checkpoint_every=8,
+        log_every=2,
+        **{"optim.learning_rate": 5e-3, "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2},
+    )
+    result = train.run(config, tmp_path)
+    assert result.step == 16
+    records = read_metrics(tmp_path)
+    assert [r["step"] for r in records] == [2, 4, 6, 8, 10, 12, 14, 16]
+    train_records = [r for r in records if "loss" in r]
+    for record in train_records[1:]:  # the first interval has no timing (compilation)
+        assert TRAIN_KEYS <= set(record), TRAIN_KEYS - set(record)
+    assert all(np.isfinite(r["loss"]) for r in train_records)
+    eval_records = [r for r in records if "eval/mlm_accuracy" in r]
+    assert [r["step"] for r in eval_records] == [8, 16]
+    assert {"eval/loss", "eval/mlm_loss", "eval/nsp_accuracy"} <= set(eval_records[0])
+    # It learns: the masked-token loss falls well below its start (ln 1024 ~ 6.9).
+    assert train_records[-1]["mlm_loss"] < train_records[0]["mlm_loss"] - 0.5
+    assert eval_records[-1]["eval/mlm_loss"] < eval_records[0]["eval/mlm_loss"]
+    # The learning rate follows warmup then linear decay to (almost) 0.
+    assert train_records[-1]["learning_rate"] < 0.1 * 5e-3
+    assert list((tmp_path / "tensorboard").iterdir()), "no TensorBoard event file"
+    ckpt = checkpointing.Checkpointer(tmp_path, keep=3)
+    assert ckpt.all_steps() == [8, 16]
+    ckpt.close()
+    # Starting again on a finished run resumes at the end and does nothing.
+    again = train.run(config, tmp_path)
+    assert again.step == 16 and again.records == []
+    assert len(read_metrics(tmp_path)) == len(records)
+
+
+def test_sharded_mesh_gives_the_losses_of_one_device(tmp_path):
+    losses, states = {}, {}
+    for name, mesh, devices in (
+        ("one", {"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1]),
+        ("eight", {"data": 2, "fsdp": 2, "tensor": 2}, None),
+    ):
+        config = tiny_config(total_steps=3, **{f"mesh.{k}": v for k, v in mesh.items()})
+        result = train.run(config, tmp_path / name, devices=devices)
+        losses[name] = [r["loss"] for r in result.records]
+        states[name] = result.state
+    assert len(losses["one"]) == 3
+    np.testing.assert_allclose(losses["eight"], losses["one"], rtol=2e-6)
+    # The params really are split: FFN kernel over fsdp x tensor, embeddings over tensor.
+    kernel = states["eight"]["params"]["encoder"]["layer_0"]["mlp"]["wi"]["kernel"]
+    assert kernel.sharding.spec == PartitionSpec("fsdp", "tensor")
+    assert kernel.shape == (32, 64)
+    assert {s.data.shape for s in kernel.addressable_shards} == {(16, 32)}
+    emb = states["eight"]["params"]["embeddings"]["word_embeddings"]["embedding"]
+    assert emb.sharding.spec == PartitionSpec("tensor", "fsdp")
+    assert {s.data.shape for s in emb.addressable_shards} == {(emb.shape[0] // 2, 16)}
+    # Adam's moments follow their params.
+    mu = states["eight"]["opt_state"]
+    mu_shardings = {x.sharding.spec for x in jax.tree.leaves(mu) if x.ndim == 2}
+    assert PartitionSpec("fsdp", "tensor") in mu_shardings
+    one = jax.device_get(states["one"]["params"])
+    eight = jax.device_get(states["eight"]["params"])
+    max_diff = max(jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(a - b).max(), one, eight)))
+    assert max_diff < 1e-5
+
+
+def test_gradient_accumulation_matches_the_full_batch(tmp_path):
+    results = {}
+    for accum in (1, 2):
+        config = tiny_config(total_steps=2, **{"optim.grad_accum_steps": accum})
+        results[accum] = train.run(config, tmp_path / str(accum)).records
+    # Same examples, same start: the accumulated gradient is the mean of the two microbatch
+    # gradients, which differs from the full batch only by the MLM normalisation per microbatch.
+    for a, b in zip(results[1], results[2], strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=2e-2)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-1)
+    assert results[2][1]["param_norm"] == pytest.approx(results[1][1]["param_norm"], rel=1e-4)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
+    train.run(tiny_config(total_steps=2, checkpoint_every=2), tmp_path)
+    good = checkpointing.restore_params(tmp_path)
+    # Resume with an infinite learning rate: the step after the checkpoint blows up.
+    bad = tiny_config(total_steps=6, checkpoint_every=1, **{"optim.learning_rate": float("inf")})
+    with pytest.raises(train.NonFiniteLossError) as e:
+        train.run(bad, tmp_path)
+    message = str(e.value)
+    assert "step 3" in message and "last good checkpoint is step 2" in message
+    ckpt = checkpointing.Checkpointer(tmp_path, keep=3)
+    assert ckpt.latest_step() == 2
+    ckpt.close()
+    kept = checkpointing.restore_params(tmp_path)
+    for a, b in zip(jax.tree.leaves(good), jax.tree.leaves(kept), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert all(np.isfinite(r.get("loss", 0.0)) for r in read_metrics(tmp_path))
+
+
+def test_batch_the_mesh_cannot_divide_names_both(tmp_path):
+    config = tiny_config(total_steps=1, batch_size=12, **{"mesh.fsdp": 8, "mesh.data": 1})
+    with pytest.raises(ValueError) as e:
+        train.run(config, tmp_path)
+    assert "config.batch_size=12" in str(e.value)
+    assert "data x fsdp = 1 x 8 = 8" in str(e.value)
+
+
+def test_dry_run_reports_params_memory_and_flops_without_training(tmp_path, capsys):
+    config = tiny_config(**{"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2})
+    report = train.run(config, tmp_path, dry_run=True).dry_run
+    assert report["devices"] == 8
+    assert report["params"] > 30_000
+    assert report["flops_per_step_per_device"] > 0
+    assert report["peak_bytes_per_device_estimate"] > 0
+    out = capsys.readouterr().out
+    assert "parameters" in out and "per-device memory" in out and "FLOPs per step" in out
+    assert not (tmp_path / "checkpoints").exists()

@@ -14,6 +14,7 @@ token: it separates documents in packed training data and stops generation.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterable, Sequence
 
@@ -54,6 +55,13 @@ class ByteBPETokenizer:
         tokenizer = wrapper._tokenizer
         # GPT-2's vocab.json holds <|endoftext|> as an ordinary entry (id 50256); registering it
         # as special keeps its id and stops the pre-tokenizer from splitting it in raw text.
+        if tokenizer.token_to_id(EOT_TOKEN) is None:
+            logging.warning(
+                "%s has no %s token; adding it with id %d (the model needs a vocab_size above it)",
+                vocab_file,
+                EOT_TOKEN,
+                tokenizer.get_vocab_size(),
+            )
         tokenizer.add_special_tokens([EOT_TOKEN])
         return cls(tokenizer)
 

@@ -194,14 +194,15 @@ def load_or_train_tokenizer(
 
 def token_stream(token_docs: Sequence[np.ndarray], eot_id: int) -> np.ndarray:
     """One int32 stream: <eot> doc_1 <eot> doc_2 ... (an <eot> opens every document)."""
+    if not token_docs:
+        return np.empty(0, np.int32)
     lengths = np.array([len(d) + 1 for d in token_docs], np.int64)
     stream = np.empty(int(lengths.sum()), np.int32)
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     stream[starts] = eot_id
-    if token_docs:
-        body = np.ones(len(stream), bool)
-        body[starts] = False
-        stream[body] = np.concatenate(token_docs)
+    body = np.ones(len(stream), bool)
+    body[starts] = False
+    stream[body] = np.concatenate(token_docs)
     return stream
 
 

@@ -39,7 +39,8 @@ def build_data(config: ml_collections.ConfigDict, host: HostInfo) -> TaskData:
     max_batches = int(config.get("eval_batches", 0))
     return TaskData(
         train=data.train,
-        eval_sets=lambda: {"eval": data.eval_batches(max_batches)},
+        # data.eval_fraction = 0: no held-out documents, no eval.
+        eval_sets=lambda: {"eval": data.eval_batches(max_batches)} if len(data.eval_stream) else {},
         vocab_size=data.tokenizer.vocab_size,
         steps_per_epoch=data.train.steps_per_epoch,
         extras={

@@ -28,6 +28,9 @@ _TOP_K = flags.DEFINE_integer("top_k", 0, "Sample among the k most likely tokens
 _TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (1 = off).")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _TOKENIZER = flags.DEFINE_string("tokenizer", None, "Directory of the tokenizer (overrides).")
+_DTYPE = flags.DEFINE_enum(
+    "dtype", "float32", ["float32", "bfloat16"], "Compute dtype (the run may have trained in bf16)."
+)
 _PREPEND_EOT = flags.DEFINE_bool(
     "prepend_eot",
     True,
@@ -36,8 +39,11 @@ _PREPEND_EOT = flags.DEFINE_bool(
 )
 
 
-def load_model(checkpoint: str, tokenizer_dir: str | None = None):
-    """(model, params, tokenizer) of a bertjax run directory or a Hugging Face GPT-2 directory."""
+def load_model(checkpoint: str, tokenizer_dir: str | None = None, dtype: str | None = None):
+    """(model, params, tokenizer) of a bertjax run directory or a Hugging Face GPT-2 directory.
+
+    dtype: compute dtype to use instead of the checkpoint's (e.g. float32 on a CPU).
+    """
     from bertjax import models
     from bertjax.data.bpe import ByteBPETokenizer
 
@@ -55,6 +61,8 @@ def load_model(checkpoint: str, tokenizer_dir: str | None = None):
         default_tokenizer = path / "tokenizer"
     if cfg.model_type != "gpt2":
         raise ValueError(f"{checkpoint}: model_type {cfg.model_type!r}; generation needs GPT-2")
+    if dtype is not None:
+        cfg = cfg.replace(dtype=dtype)
     tokenizer = ByteBPETokenizer.from_dir(str(tokenizer_dir or default_tokenizer))
     if tokenizer.vocab_size > cfg.vocab_size:
         raise ValueError(
@@ -91,7 +99,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError("give at least one --prompt")
     from bertjax.generate import generate
 
-    model, params, tokenizer = load_model(_CHECKPOINT.value, _TOKENIZER.value)
+    model, params, tokenizer = load_model(_CHECKPOINT.value, _TOKENIZER.value, _DTYPE.value)
     prefix = [tokenizer.eot_id] if _PREPEND_EOT.value else []
     prompts = [prefix + tokenizer.encode(p).tolist() for p in _PROMPT.value]
     outputs = generate(

@@ -281,26 +281,37 @@ def run(
             k: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=batch_sharding)
             for k, s in task.batch_spec(config, model_cfg, batch_size).items()
         }
-        start_compile = time.time()
-        compiled_step = jit_train_step.lower(abstract_state, batch_spec).compile()
-        logging.info("train step compiled in %.1fs", time.time() - start_compile)
-        step_flops = _flops(compiled_step)
+
+        def compile_train_step() -> Any:
+            started = time.time()
+            compiled = jit_train_step.lower(abstract_state, batch_spec).compile()
+            logging.info("train step compiled in %.1fs", time.time() - started)
+            return compiled
+
         if dry_run:
-            report = _dry_run_report(compiled_step, num_params, mesh, step_flops)
+            compiled_step = compile_train_step()
+            report = _dry_run_report(compiled_step, num_params, mesh, _flops(compiled_step))
             return RunResult(step=0, state=None, records=[], dry_run=report)
 
+        # -------------------------------------------------------------- init or restore
+        ckpt = checkpointing.Checkpointer(workdir, keep=int(config.keep_checkpoints))
+        start = ckpt.latest_step()
+        if start is not None and start >= schedule.total_steps:
+            logging.info(
+                "%s holds step %d of %d: nothing to do", workdir, start, schedule.total_steps
+            )
+            ckpt.close()
+            return RunResult(step=start, state=None, records=[])
+        compiled_step = compile_train_step()
+        step_flops = _flops(compiled_step)
         jit_eval_step = jax.jit(
             lambda params, batch: task.eval_step(config, model, params, batch),
             in_shardings=(param_shardings, batch_sharding),
             out_shardings=batch_sharding,
         )
-
-        # -------------------------------------------------------------- init or restore
-        ckpt = checkpointing.Checkpointer(workdir, keep=int(config.keep_checkpoints))
         best_metric = task.best_metric(config) if task.best_metric else None
         best = checkpointing.BestCheckpointer(workdir, *best_metric) if best_metric else None
         writer = metrics.MetricWriter(workdir)
-        start = ckpt.latest_step()
         if start is None:
             start = 0
             with jax.set_mesh(None):  # see the note at jax.eval_shape(init_params) above

@@ -22,6 +22,12 @@ def get_config(task: str = "mrpc") -> ml_collections.ConfigDict:
     from bertjax.data import glue  # validates the task name, listing the valid ones
 
     glue_task = glue.get_task(task)
+    if "train" not in glue_task.files:
+        trainable = sorted(name for name, t in glue.TASKS.items() if "train" in t.files)
+        raise ValueError(
+            f"GLUE task {task!r} has no training set (AX is scored by an MNLI model through "
+            f"bertjax.predict); tasks to fine-tune: {trainable}"
+        )
     config = ml_collections.ConfigDict()
     config.task = "glue"
     config.seed = 0

@@ -38,21 +38,21 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.tfds_split = "train"
     config.data.vocab_file = ""  # GPT-2 vocab.json; empty: train a BPE vocabulary
     config.data.merges_file = ""  # GPT-2 merges.txt
-    config.data.vocab_size = 4096  # size of a trained vocabulary
+    config.data.vocab_size = 2048  # size of a trained vocabulary
     config.data.max_seq_length = 128
     config.data.document_masking = False  # True: no attention across documents in a row
-    config.data.eval_fraction = 0.05  # documents held out for eval
+    config.data.eval_fraction = 0.1  # documents held out for eval
     config.data.min_document_chars = 20
     config.data.dedup_documents = True
     config.data.unicode_errors = "strict"
 
     # Training.
     config.batch_size = 32  # global batch size (rows of max_seq_length tokens)
-    config.total_steps = 600
+    config.total_steps = 300
     config.log_every = 25
-    config.eval_every = 100
+    config.eval_every = 50
     config.eval_batches = 0  # 0: the whole eval set
-    config.checkpoint_every = 300
+    config.checkpoint_every = 150
     config.keep_checkpoints = 2
 
     config.optim = ml_collections.ConfigDict()

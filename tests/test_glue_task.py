@@ -276,6 +276,8 @@ def test_configs_of_every_task():
     assert keys["mnli"] == "eval_matched/accuracy"
     with pytest.raises(ValueError, match="unknown GLUE task 'stsc'; valid tasks"):
         _config("stsc")
+    with pytest.raises(ValueError, match="'ax' has no training set"):
+        _config("ax")
 
 
 def test_eval_summary_uses_the_task_metrics_and_drops_padding():

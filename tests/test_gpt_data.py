@@ -199,3 +199,40 @@ def test_bad_data_configs_name_the_key(tmp_path):
             seed=0,
             global_batch_size=64,
         )
+
+
+def test_prepared_corpus_gives_the_online_batches(tmp_path, tokenizer):
+    """lm_prepare's memory-mapped token files feed exactly the batches of the online path."""
+    from bertjax.data import lm_prepare
+
+    tokenizer.save(tmp_path / "vocab")
+    config = {
+        "vocab_file": str(tmp_path / "vocab" / "vocab.json"),
+        "merges_file": str(tmp_path / "vocab" / "merges.txt"),
+        "max_seq_length": 32,
+        "eval_fraction": 0.05,
+    }
+    meta = lm_prepare.prepare(lm.LMDataSettings.from_config(config), str(tmp_path / "prep"))
+    assert meta["dtype"] == "uint16" and meta["documents"]["eval"] > 0
+    online = lm.build_lm_data(config, seed=1, global_batch_size=4)
+    prepared = lm.build_lm_data(
+        {"source": "prepared", "prepared_dir": str(tmp_path / "prep"), "max_seq_length": 32},
+        seed=1,
+        global_batch_size=4,
+    )
+    assert isinstance(prepared.train.stream, np.memmap)
+    np.testing.assert_array_equal(prepared.train.stream, online.train.stream)
+    for _ in range(3):
+        a, b = next(online.train), next(prepared.train)
+        assert b["input_ids"].dtype == np.int32
+        np.testing.assert_array_equal(a["input_ids"], b["input_ids"])
+    np.testing.assert_array_equal(
+        prepared.eval_batches()[0]["targets"], online.eval_batches()[0]["targets"]
+    )
+    (tmp_path / "prep" / "train.bin").write_bytes(b"\0\0")
+    with pytest.raises(ValueError, match="interrupted"):
+        lm.build_lm_data(
+            {"source": "prepared", "prepared_dir": str(tmp_path / "prep")},
+            seed=1,
+            global_batch_size=4,
+        )

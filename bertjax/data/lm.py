@@ -23,13 +23,16 @@ of them, so the global batches are the same whatever the number of hosts. The it
 {epoch, step}: restoring it gives the identical next batches. (With a TFDS source each host reads
 only its shard of the examples, so it packs and shuffles its own rows.)
 
-The whole stream is held in memory as int32 (4 bytes per token: ~400 MB for 100M tokens);
-for larger corpora, tokenize offline into shards first.
+Online, the whole stream is held in memory as int32 (4 bytes per token: ~400 MB for 100M
+tokens). For larger corpora, tokenize once offline with `python -m bertjax.data.lm_prepare`
+(flat uint16 token files) and train with `data.source = "prepared"`: the files are memory-mapped
+and each host reads only the rows it serves.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -44,21 +47,23 @@ from bertjax.data.sources import TEXT_FORMATS, UNICODE_ERRORS, read_text_files, 
 
 log = logging.getLogger(__name__)
 
-LM_SOURCES = ("embedded", "text_files", "tfds")
+LM_SOURCES = ("embedded", "text_files", "tfds", "prepared")
 TOKENIZER_SUBDIR = "tokenizer"  # where a trained tokenizer is saved in the workdir
+PREPARED_META_FILE = "meta.json"  # in a `bertjax.data.lm_prepare` output directory
 
 
 @dataclasses.dataclass(frozen=True)
 class LMDataSettings:
     """Validated `config.data` of the causal_lm task (BERT's key names where they overlap)."""
 
-    source: str = "embedded"  # "embedded" | "text_files" | "tfds"
+    source: str = "embedded"  # "embedded" | "text_files" | "tfds" | "prepared"
     text_files: str = ""  # path or glob, comma-separated allowed
     text_format: str = "paragraphs"  # "bert" (sentence per line) | "paragraphs"
     tfds_name: str = ""
     tfds_split: str = "train"
     tfds_data_dir: str = ""
     tfds_text_key: str = "text"
+    prepared_dir: str = ""  # output of `python -m bertjax.data.lm_prepare` (source="prepared")
     vocab_file: str = ""  # GPT-2 vocab.json; empty (with merges_file): train a BPE vocabulary
     merges_file: str = ""  # GPT-2 merges.txt
     vocab_size: int = 8192  # size of a trained vocabulary
@@ -115,6 +120,8 @@ class LMDataSettings:
             )
         if self.source == "text_files" and not self.text_files.strip():
             raise ValueError("data.source='text_files' needs data.text_files (a path or glob)")
+        if self.source == "prepared" and not self.prepared_dir:
+            raise ValueError("data.source='prepared' needs data.prepared_dir")
         if self.source == "tfds" and not (self.tfds_name and self.vocab_file):
             raise ValueError(
                 "data.source='tfds' needs data.tfds_name and data.vocab_file/merges_file: each "
@@ -215,7 +222,9 @@ def make_batch(
     stream: np.ndarray, rows: np.ndarray, seq_len: int, eot_id: int, document_masking: bool
 ) -> dict[str, np.ndarray]:
     """The batch of the given row indices (vectorised: one gather, no per-token Python)."""
+    # (A prepared corpus is a uint16 memory map: only these rows are read from disk.)
     window = stream[rows[:, None].astype(np.int64) * seq_len + np.arange(seq_len + 1)]
+    window = window.astype(np.int32)
     inputs = window[:, :-1]
     batch = {
         "input_ids": np.ascontiguousarray(inputs),
@@ -387,8 +396,22 @@ def build_lm_data(
     process_count: int = 1,
     workdir: str | None = None,
 ) -> LMData:
-    """Reads, cleans, tokenizes and packs the corpus; returns this host's iterators."""
+    """Reads, cleans, tokenizes and packs the corpus (or maps a prepared one); this host's share."""
     settings = LMDataSettings.from_config(data_config)
+    if settings.source == "prepared":
+        train_stream, eval_stream, tokenizer = load_prepared(settings.prepared_dir)
+        return _lm_data(
+            settings,
+            tokenizer,
+            train_stream,
+            eval_stream,
+            CleaningStats(),
+            False,
+            seed,
+            global_batch_size,
+            process_index,
+            process_count,
+        )
     texts, stats, sharded = read_documents(settings, process_index, process_count)
     train_texts = [t for t in texts if not is_eval_document(t, settings.eval_fraction)]
     eval_texts = [t for t in texts if is_eval_document(t, settings.eval_fraction)]
@@ -406,6 +429,32 @@ def build_lm_data(
     tokenizer = load_or_train_tokenizer(settings, train_texts, workdir, process_index == 0)
     train_stream = token_stream(tokenizer.encode_batch(train_texts), tokenizer.eot_id)
     eval_stream = token_stream(tokenizer.encode_batch(eval_texts), tokenizer.eot_id)
+    return _lm_data(
+        settings,
+        tokenizer,
+        train_stream,
+        eval_stream,
+        stats,
+        sharded,
+        seed,
+        global_batch_size,
+        process_index,
+        process_count,
+    )
+
+
+def _lm_data(
+    settings: LMDataSettings,
+    tokenizer: ByteBPETokenizer,
+    train_stream: np.ndarray,
+    eval_stream: np.ndarray,
+    stats: CleaningStats,
+    sharded: bool,
+    seed: int,
+    global_batch_size: int,
+    process_index: int,
+    process_count: int,
+) -> LMData:
     log.info("causal_lm data: %d train / %d eval tokens", len(train_stream), len(eval_stream))
     # A host that read only its own shard shuffles and serves only its own rows.
     shard = (0, 1) if sharded else (process_index, process_count)
@@ -421,3 +470,29 @@ def build_lm_data(
         document_masking=settings.document_masking,
     )
     return LMData(settings, tokenizer, train, eval_stream, stats, shard, sharded)
+
+
+def load_prepared(directory: str) -> tuple[np.ndarray, np.ndarray, ByteBPETokenizer]:
+    """Train and eval tokens (read-only memory maps) and the tokenizer of a prepared corpus."""
+    meta_path = os.path.join(directory, PREPARED_META_FILE)
+    if not os.path.isfile(meta_path):
+        raise FileNotFoundError(
+            f"data.prepared_dir={directory!r} has no {PREPARED_META_FILE}: "
+            "run `python -m bertjax.data.lm_prepare` first"
+        )
+    with open(meta_path) as f:
+        meta = json.load(f)
+    streams = []
+    for split in ("train", "eval"):
+        path = os.path.join(directory, f"{split}.bin")
+        expected = meta["tokens"][split] * np.dtype(meta["dtype"]).itemsize
+        if not os.path.isfile(path) or os.path.getsize(path) != expected:
+            raise ValueError(
+                f"{path}: missing or not the {expected} bytes that {PREPARED_META_FILE} "
+                "records (an interrupted lm_prepare?)"
+            )
+        streams.append(
+            np.memmap(path, dtype=meta["dtype"], mode="r") if expected else np.empty(0, np.int32)
+        )
+    tokenizer = ByteBPETokenizer.from_dir(os.path.join(directory, "tokenizer"))
+    return streams[0], streams[1], tokenizer

@@ -1,0 +1,682 @@
+r"""Train-step speed and MFU of bertjax next to `transformers` (PyTorch); prints one table.
+
+    python benchmarks/train_speed.py                       # the rows for the devices present
+    python benchmarks/train_speed.py --rows=bert_cpu --rounds=7 --out=/tmp/speed.md
+    python benchmarks/train_speed.py --rows=bert_base --batch_sizes=64,128,256   # on a GPU
+
+What is timed, per row, on the same batches for both frameworks:
+
+* bertjax: the REAL jitted train step of `bertjax/train.py` (`train.build_trainer`: sharded
+  state, the task's loss, AdamW with global-norm clipping, the state donated), one call per
+  step, batches already on the device; timed until the last step's outputs are ready.
+* transformers: `BertForPreTraining` (MLM + NSP) or `GPT2LMHeadModel` of the same size, the
+  same loss, `torch.optim.AdamW` (weight decay off for biases and LayerNorm, as the BERT recipe),
+  `clip_grad_norm_(1.0)`; on a GPU bf16 autocast, SDPA attention and the fused AdamW (what a
+  user of the Trainer gets with `bf16=True`); on the CPU float32 with the same thread count.
+
+Both run `--rounds` rounds of `--steps` steps after `--warmup` steps, ALTERNATING between the
+frameworks (the machine is shared and noisy), and the table gives the median of the rounds.
+
+Batches: full-length rows of random token ids (every position real, so that both frameworks
+do exactly the model's work): BERT rows with a segment A/B boundary drawn per row,
+`max_predictions` masked positions per row (MLM only there, as google-research/bert), random NSP
+labels; GPT rows of `seq` tokens with the next tokens as targets. Dropout 0.1 on hidden states
+in both; attention-probability dropout 0 in both (the fused attention kernels have none; a
+config with attention_dropout > 0 takes the slower reference attention in training).
+
+Model FLOPs per step (the numerator of MFU), counting only matmuls the step actually performs
+(embedding lookups, LayerNorm, softmax, GELU and the optimizer are not counted):
+
+    FLOPs/step = 3 * forward      (backward = 2 x forward: input and weight gradients)
+    forward    = 2 * sum over matmuls of (rows multiplied x parameters of the matmul)
+               + attention: 2 * 2 * T_keys * H per query token per layer (QK^T and AV)
+
+    BERT (pretraining):  B*T * L * [2(4H^2 + 2HI) + 4 T H]        encoder
+                       + B * [2H^2 + 2*2H]                        pooler + NSP ([CLS] only)
+                       + B*P * [2H^2 + 2HV]                       MLM transform + tied decoder,
+                                                                  at the P masked positions only
+    GPT-2 (LM):          B*T * L * [2(4H^2 + 2HI) + 4 (T+1)/2 H]  causal: a query sees (T+1)/2
+                                                                  keys on average
+                       + B*T * 2HV                                tied LM head at every position
+
+i.e. 6 N per token for the N parameters each token multiplies, plus 12 L H T (bidirectional)
+or 6 L H (T+1) (causal) per token for attention. `transformers`' BertForPreTraining computes
+the MLM decoder at all T positions (about 2.5x our FLOPs for BERT-base at seq 128); its speed
+is converted with the SAME formula, so the ratio is a ratio of steps/s on identical batches.
+
+MFU = FLOPs/step x steps/s / (devices x peak). Peak per device kind: `PEAK_TFLOPS` below
+(bf16 dense; "datasheet" and a "measured" large-matmul figure). With `--measure_peak` (the
+default on accelerators) the script also times a 8192^3 bf16 matmul on the device and reports
+MFU against that too. CPUs have no entry: no MFU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import os
+import pathlib
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+# bf16 dense peak, TFLOP/s per device: (datasheet, measured large matmul where we know one).
+# H200/H100 SXM: 989 datasheet; ~790 measured for an 8192^3 bf16 matmul on an H200.
+PEAK_TFLOPS: dict[str, tuple[float, float | None]] = {
+    "H200": (989.0, 790.0),
+    "H100": (989.0, None),  # SXM; H100 PCIe is 756
+    "A100": (312.0, None),
+    "TPU v6": (918.0, None),
+    "TPU v5 lite": (197.0, None),  # v5e
+    "TPU v5e": (197.0, None),
+    "TPU v5p": (459.0, None),
+    "TPU v5": (459.0, None),
+    "TPU v4": (275.0, None),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One benchmark row: a model size, a sequence length and the batch sizes to try."""
+
+    name: str
+    family: str  # "bert" | "gpt"
+    layers: int
+    hidden: int
+    heads: int
+    intermediate: int
+    vocab: int
+    seq: int
+    batch_sizes: tuple[int, ...]
+    max_predictions: int = 0  # BERT: masked positions per row
+    max_positions: int = 512
+
+
+ROWS: dict[str, Row] = {
+    # The CPU target: BERT-mini sized (Turc et al.), seq 128, batch 32, 20 masked positions.
+    "bert_cpu": Row("bert_cpu", "bert", 4, 256, 4, 1024, 30522, 128, (32,), 20),
+    "gpt_cpu": Row("gpt_cpu", "gpt", 4, 256, 4, 1024, 50257, 128, (16,), max_positions=1024),
+    "bert_base": Row("bert_base", "bert", 12, 768, 12, 3072, 30522, 128, (64, 128, 256), 20),
+    "bert_large": Row("bert_large", "bert", 24, 1024, 16, 4096, 30522, 512, (8, 16, 32), 80),
+    "gpt2_small": Row(
+        "gpt2_small", "gpt", 12, 768, 12, 3072, 50257, 1024, (8, 16, 32), max_positions=1024
+    ),
+}
+CPU_ROWS = ("bert_cpu", "gpt_cpu")
+ACCELERATOR_ROWS = ("bert_base", "bert_large", "gpt2_small")
+
+
+# ------------------------------------------------------------------------------------- FLOPs
+
+
+def flops_per_step(row: Row, batch: int) -> float:
+    """Model FLOPs of one train step (forward + backward), by the formula in the docstring."""
+    h, i, v, t, layers = row.hidden, row.intermediate, row.vocab, row.seq, row.layers
+    dense = 2 * (4 * h * h + 2 * h * i)  # per token per layer: QKV + output + FFN
+    if row.family == "bert":
+        attention = 4 * t * h
+        forward = batch * t * layers * (dense + attention)
+        forward += batch * (2 * h * h + 2 * 2 * h)  # pooler + NSP on [CLS]
+        forward += batch * row.max_predictions * (2 * h * h + 2 * h * v)  # MLM at masked slots
+    else:
+        attention = 4 * (t + 1) / 2 * h  # causal: (T+1)/2 keys per query on average
+        forward = batch * t * layers * (dense + attention)
+        forward += batch * t * 2 * h * v  # tied LM head at every position
+    return 3.0 * forward
+
+
+# ------------------------------------------------------------------------------------ batches
+
+
+def make_batches(row: Row, batch: int, count: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """`count` different host batches of full-length rows (see the module docstring)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        ids = rng.integers(1000, row.vocab, (batch, row.seq), dtype=np.int32)
+        if row.family == "gpt":
+            targets = np.roll(ids, -1, axis=1)
+            targets[:, -1] = rng.integers(1000, row.vocab, batch)
+            out.append({"input_ids": ids, "targets": targets.astype(np.int32)})
+            continue
+        boundary = rng.integers(row.seq // 4, 3 * row.seq // 4, batch)
+        pos = np.arange(row.seq)[None, :]
+        ids[:, 0] = 101  # [CLS]
+        ids[np.arange(batch), boundary] = 102  # [SEP] ending A
+        ids[:, -1] = 102  # [SEP] ending B
+        types = (pos > boundary[:, None]).astype(np.int32)
+        # P distinct positions per row among the non-special ones, ascending.
+        scores = rng.random((batch, row.seq))
+        special = (pos == 0) | (pos == boundary[:, None]) | (pos == row.seq - 1)
+        scores[special] = 2.0
+        positions = np.sort(np.argsort(scores, axis=1)[:, : row.max_predictions], axis=1)
+        targets = np.take_along_axis(ids, positions, axis=1)
+        ids[np.arange(batch)[:, None], positions] = 103  # [MASK]
+        out.append(
+            {
+                "input_ids": ids,
+                "token_type_ids": types,
+                "attention_mask": np.ones_like(ids),
+                "masked_lm_positions": positions.astype(np.int32),
+                "masked_lm_ids": targets.astype(np.int32),
+                "masked_lm_weights": np.ones(positions.shape, np.float32),
+                "next_sentence_labels": rng.integers(0, 2, batch).astype(np.int32),
+            }
+        )
+    return out
+
+
+# ------------------------------------------------------------------------------------ bertjax
+
+
+def bertjax_config(row: Row, batch: int, args: argparse.Namespace):
+    """The experiment config of a row: the tiny config file with the row's sizes."""
+    from bertjax import config_lib
+
+    path = "configs/bert_tiny_pretrain.py" if row.family == "bert" else "configs/gpt_tiny_lm.py"
+    config = config_lib.load(REPO / path)
+    with config.unlocked():
+        m = config.model
+        m.preset = "base" if row.family == "bert" else "gpt2"
+        m.num_layers, m.hidden_size, m.num_heads = row.layers, row.hidden, row.heads
+        m.intermediate_size, m.vocab_size = row.intermediate, row.vocab
+        m.max_position_embeddings = row.max_positions
+        m.hidden_dropout, m.attention_dropout = 0.1, 0.0
+        m.dtype = args.dtype
+        m.param_dtype = "float32"
+        m.remat = args.remat
+        m.attention_impl = args.attention_impl
+        config.data.max_seq_length = row.seq
+        if row.family == "bert":
+            config.data.max_predictions_per_seq = row.max_predictions
+        config.batch_size = batch
+        config.total_steps = 10**6  # the schedule only shapes the learning rate
+        config.optim.warmup_steps = 1000
+        config.optim.learning_rate = 1e-4
+        config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
+    return config
+
+
+class BertjaxRunner:
+    """The jitted train step of bertjax/train.py on one row; `run(n)` does n steps."""
+
+    def __init__(self, row: Row, batch: int, host_batches: list[dict[str, np.ndarray]], args):
+        import jax
+
+        from bertjax import sharding, tasks, train
+
+        self.config = bertjax_config(row, batch, args)
+        task = tasks.get(self.config.task)
+        mesh = sharding.make_mesh(self.config.mesh)
+        model_cfg, model = task.build_model(self.config, None)
+        build = getattr(train, "build_trainer", None) or _build_trainer_fallback
+        self.trainer = build(self.config, task, model_cfg, model, mesh)
+        self.state = self.trainer.init_state(jax.random.PRNGKey(0))
+        self.batches = [sharding.global_batch(b, mesh, batch) for b in host_batches]
+        self.devices = mesh.size
+        self.metrics = None
+        self._i = 0
+
+    def run(self, steps: int) -> None:
+        import jax
+
+        for _ in range(steps):
+            batch = self.batches[self._i % len(self.batches)]
+            self._i += 1
+            self.state, self.metrics = self.trainer.step(self.state, batch)
+        jax.block_until_ready((self.state["step"], self.metrics))
+
+    def last_loss(self) -> float:
+        return float(self.metrics["loss"])
+
+
+def _build_trainer_fallback(config, task, model_cfg, model, mesh):
+    """TEMPORARY copy of train.run's state/step construction until train.build_trainer exists."""
+    import types
+
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from bertjax import optim, sharding
+
+    rules = sharding.logical_rules(config)
+    tx, learning_rate = optim.build(config.optim, config.total_steps, config.optim.warmup_steps)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+
+        def init_params(rng):
+            spec = task.batch_spec(config, model_cfg, 1)
+            dummy = {k: jnp.zeros(s.shape, s.dtype) for k, s in spec.items()}
+            return model.init({"params": rng, "dropout": rng}, dummy, train=False)["params"]
+
+        def init_state(rng):
+            params_rng, step_rng = jax.random.split(rng)
+            params = nn.meta.unbox(init_params(params_rng))
+            return {
+                "step": jnp.zeros((), jnp.int32),
+                "params": params,
+                "opt_state": tx.init(params),
+                "rng": step_rng,
+            }
+
+        rng = jax.random.PRNGKey(0)
+        with jax.set_mesh(None):
+            boxed = jax.eval_shape(init_params, rng)
+            abstract_state = jax.eval_shape(init_state, rng)
+        param_shardings = sharding.param_shardings(boxed, mesh, rules)
+        replicated = sharding.replicated(mesh)
+        state_shardings = {
+            "step": replicated,
+            "params": param_shardings,
+            "opt_state": optax.tree_map_params(
+                tx,
+                lambda p, s: p if isinstance(p, optax.MaskedNode) else s,
+                abstract_state["opt_state"],
+                param_shardings,
+                transform_non_params=lambda _: replicated,
+                is_leaf=lambda x: isinstance(x, optax.MaskedNode),
+            ),
+            "rng": replicated,
+        }
+        abstract_state = jax.tree.map(
+            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+            abstract_state,
+            state_shardings,
+        )
+
+        def train_step(state, batch):
+            step_rng = jax.random.fold_in(state["rng"], state["step"])
+            params = state["params"]
+
+            def loss(p):
+                return task.loss_fn(config, model, p, batch, step_rng, True)
+
+            (_, step_metrics), grads = jax.value_and_grad(loss, has_aux=True)(params)
+            updates, opt_state = tx.update(grads, state["opt_state"], params)
+            params = optax.apply_updates(params, updates)
+            step_metrics = {
+                **step_metrics,
+                "learning_rate": learning_rate(state["step"]),
+                "grad_norm": optax.tree.norm(grads),
+                "param_norm": optax.tree.norm(params),
+            }
+            new_state = {**state, "step": state["step"] + 1, "params": params}
+            new_state["opt_state"] = opt_state
+            return new_state, step_metrics
+
+        batch_sharding = sharding.batch_sharding(mesh)
+        jit_step = jax.jit(
+            train_step,
+            in_shardings=(state_shardings, batch_sharding),
+            out_shardings=(state_shardings, replicated),
+            donate_argnums=0,
+        )
+        batch_spec = {
+            k: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=batch_sharding)
+            for k, s in task.batch_spec(config, model_cfg, int(config.batch_size)).items()
+        }
+        compiled = jit_step.lower(abstract_state, batch_spec).compile()
+    with jax.set_mesh(None):
+        init = jax.jit(init_state, out_shardings=state_shardings)
+    return types.SimpleNamespace(init_state=init, step=compiled)
+
+
+# ------------------------------------------------------------------------------ transformers
+
+
+class TorchRunner:
+    """transformers' model of the same size, AdamW + clipping, on the same batches."""
+
+    def __init__(self, row: Row, batch: int, host_batches: list[dict[str, np.ndarray]], args):
+        import torch
+        import transformers
+
+        self.torch = torch
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.cuda = self.device.type == "cuda"
+        torch.manual_seed(0)
+        common = dict(attn_implementation="sdpa")
+        if row.family == "bert":
+            cfg = transformers.BertConfig(
+                vocab_size=row.vocab,
+                hidden_size=row.hidden,
+                num_hidden_layers=row.layers,
+                num_attention_heads=row.heads,
+                intermediate_size=row.intermediate,
+                max_position_embeddings=row.max_positions,
+                hidden_dropout_prob=0.1,
+                attention_probs_dropout_prob=0.0,
+                **common,
+            )
+            model = transformers.BertForPreTraining(cfg)
+        else:
+            cfg = transformers.GPT2Config(
+                vocab_size=row.vocab,
+                n_embd=row.hidden,
+                n_layer=row.layers,
+                n_head=row.heads,
+                n_inner=row.intermediate,
+                n_positions=row.max_positions,
+                resid_pdrop=0.1,
+                embd_pdrop=0.1,
+                attn_pdrop=0.0,
+                **common,
+            )
+            model = transformers.GPT2LMHeadModel(cfg)
+        self.model = model.to(self.device).train()
+        self.family = row.family
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            (no_decay if p.ndim == 1 else decay).append(p)  # biases and LayerNorm
+        groups = [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0}]
+        self.opt = torch.optim.AdamW(groups, lr=1e-4, eps=1e-6, fused=self.cuda or None)
+        self.autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16)
+            if self.cuda and args.dtype == "bfloat16"
+            else contextlib.nullcontext()
+        )
+        self.batches = [self._to_torch(b) for b in host_batches]
+        self.step_fn = self._step
+        if args.torch_compile:
+            self.step_fn = torch.compile(self._step)
+        self._i = 0
+        self.loss = None
+
+    def _to_torch(self, b: dict[str, np.ndarray]) -> dict[str, Any]:
+        t = self.torch
+        if self.family == "gpt":
+            ids = t.from_numpy(b["input_ids"]).long()
+            # GPT2LMHeadModel shifts labels itself: labels = input_ids predicts ids[1:]; our
+            # targets are ids shifted by one, so the same tokens are predicted at T-1 positions
+            # plus one more: pass the full row and let the model shift (the same matmuls).
+            return {"input_ids": ids.to(self.device), "labels": ids.to(self.device)}
+        ids = t.from_numpy(b["input_ids"]).long()
+        labels = t.full_like(ids, -100)
+        rows = t.arange(ids.shape[0])[:, None]
+        labels[rows, t.from_numpy(b["masked_lm_positions"]).long()] = t.from_numpy(
+            b["masked_lm_ids"]
+        ).long()
+        return {
+            "input_ids": ids.to(self.device),
+            "token_type_ids": t.from_numpy(b["token_type_ids"]).long().to(self.device),
+            "attention_mask": t.from_numpy(b["attention_mask"]).long().to(self.device),
+            "labels": labels.to(self.device),
+            "next_sentence_label": t.from_numpy(b["next_sentence_labels"]).long().to(self.device),
+        }
+
+    def _step(self, batch: dict[str, Any]):
+        with self.autocast:
+            loss = self.model(**batch).loss
+        loss.backward()
+        self.torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return loss
+
+    def run(self, steps: int) -> None:
+        for _ in range(steps):
+            batch = self.batches[self._i % len(self.batches)]
+            self._i += 1
+            self.loss = self.step_fn(batch)
+        if self.cuda:
+            self.torch.cuda.synchronize()
+
+    def last_loss(self) -> float:
+        return float(self.loss)
+
+
+# ------------------------------------------------------------------------------------ timing
+
+
+def timed(fn: Callable[[], None]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def measure(runners: dict[str, Any], args: argparse.Namespace) -> dict[str, list[float]]:
+    """Steps/s of each runner per round; the runners alternate within every round."""
+    for runner in runners.values():
+        runner.run(args.warmup)
+    rates: dict[str, list[float]] = {name: [] for name in runners}
+    for r in range(args.rounds):
+        # Alternate which one goes first, so neither always follows the other's cache state.
+        order = list(runners) if r % 2 == 0 else list(reversed(list(runners)))
+        for name in order:
+            seconds = timed(lambda runner=runners[name]: runner.run(args.steps))
+            rates[name].append(args.steps / seconds)
+    return rates
+
+
+def device_description() -> tuple[str, int, str]:
+    import jax
+
+    dev = jax.devices()[0]
+    kind = getattr(dev, "device_kind", dev.platform)
+    if dev.platform == "cpu":
+        kind = f"{platform.processor() or 'cpu'} ({os.cpu_count()} cores)"
+        try:
+            with open("/proc/cpuinfo") as f:
+                names = [line.split(":", 1)[1].strip() for line in f if "model name" in line]
+            kind = f"{names[0]} ({os.cpu_count()} cores)"
+        except (OSError, IndexError):
+            pass
+    return dev.platform, jax.device_count(), kind
+
+
+def peak_for(kind: str) -> tuple[float, float | None] | None:
+    for marker, peaks in PEAK_TFLOPS.items():
+        if marker.lower() in kind.lower():
+            return peaks
+    return None
+
+
+def measure_matmul_peak(seconds: float = 3.0) -> float:
+    """TFLOP/s of a 8192^3 bf16 matmul on the default device (best of a few timings)."""
+    import jax
+    import jax.numpy as jnp
+
+    n = 8192
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.bfloat16)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.bfloat16)
+    f = jax.jit(lambda x, y: x @ y)
+    f(a, b).block_until_ready()
+    best = 0.0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        t0 = time.perf_counter()
+        for _ in range(10):
+            out = f(a, b)
+        out.block_until_ready()
+        best = max(best, 10 * 2 * n**3 / (time.perf_counter() - t0))
+    return best / 1e12
+
+
+# ------------------------------------------------------------------------------------- table
+
+
+def format_table(results: list[dict[str, Any]], header: dict[str, Any]) -> str:
+    cols = [
+        ("row", "{}"),
+        ("batch", "{}"),
+        ("seq", "{}"),
+        ("GFLOP/step", "{:.1f}"),
+        ("steps/s", "{:.3f}"),
+        ("seq/s", "{:.1f}"),
+        ("tokens/s", "{:,.0f}"),
+        ("TFLOP/s", "{:.2f}"),
+        ("MFU", "{}"),
+        ("MFU (measured peak)", "{}"),
+        ("torch steps/s", "{}"),
+        ("ratio", "{}"),
+    ]
+    lines = [
+        f"# bertjax train-step speed - {header['date']}",
+        "",
+        f"device: {header['device']} x {header['devices']} ({header['platform']}); "
+        f"jax {header['jax']}, torch {header['torch']}, transformers {header['transformers']}",
+        f"compute dtype {header['dtype']} (params float32), remat {header['remat']}, "
+        f"attention {header['attention_impl']}, {header['threads']}",
+        f"peak: {header['peak']}",
+        f"command: {header['command']}",
+        f"medians of {header['rounds']} alternating rounds of {header['steps']} steps "
+        f"(after {header['warmup']} warm-up steps); FLOPs per step by the formula in "
+        "benchmarks/train_speed.py (6N per token over the matmuls actually computed + attention)",
+        "",
+        "| " + " | ".join(c for c, _ in cols) + " |",
+        "|" + "|".join("---" for _ in cols) + "|",
+    ]
+    for r in results:
+        cells = []
+        for name, fmt in cols:
+            value = r.get(name, "")
+            cells.append(fmt.format(value) if value not in ("", None) else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run_row(row: Row, batch: int, args, peaks, devices: int) -> dict[str, Any]:
+    host_batches = make_batches(row, batch, args.num_batches)
+    runners: dict[str, Any] = {}
+    runners["bertjax"] = BertjaxRunner(row, batch, host_batches, args)
+    if not args.no_torch:
+        runners["torch"] = TorchRunner(row, batch, host_batches, args)
+    rates = measure(runners, args)
+    sps = statistics.median(rates["bertjax"])
+    flops = flops_per_step(row, batch)
+    result: dict[str, Any] = {
+        "row": row.name,
+        "batch": batch,
+        "seq": row.seq,
+        "GFLOP/step": flops / 1e9,
+        "steps/s": sps,
+        "seq/s": sps * batch,
+        "tokens/s": sps * batch * row.seq,
+        "TFLOP/s": sps * flops / 1e12,
+        "rounds_bertjax": [round(x, 4) for x in rates["bertjax"]],
+        "loss_bertjax": runners["bertjax"].last_loss(),
+    }
+    if peaks is not None:
+        datasheet, measured = peaks
+        result["MFU"] = f"{100 * sps * flops / (devices * datasheet * 1e12):.1f}%"
+        if measured:
+            result["MFU (measured peak)"] = f"{100 * sps * flops / (devices * measured * 1e12):.1f}%"
+    if "torch" in rates:
+        tps = statistics.median(rates["torch"])
+        result["torch steps/s"] = f"{tps:.3f}"
+        result["ratio"] = f"{sps / tps:.2f}x"
+        result["rounds_torch"] = [round(x, 4) for x in rates["torch"]]
+        result["loss_torch"] = runners["torch"].last_loss()
+    if args.profile:
+        import jax
+
+        path = pathlib.Path(args.profile) / f"{row.name}_b{batch}"
+        with jax.profiler.trace(str(path)):
+            runners["bertjax"].run(args.steps)
+        result["profile"] = str(path)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", default="", help=f"comma-separated, of {sorted(ROWS)}")
+    parser.add_argument("--batch_sizes", default="", help="override the rows' batch sizes")
+    parser.add_argument("--steps", type=int, default=0, help="steps per round (0: auto)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--num_batches", type=int, default=4, help="distinct batches cycled")
+    parser.add_argument("--dtype", default="", help="compute dtype (default: bf16 off CPU)")
+    parser.add_argument("--remat", default="none")
+    parser.add_argument("--attention_impl", default="auto")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
+    parser.add_argument("--no_torch", action="store_true", help="skip transformers")
+    parser.add_argument("--torch_compile", action="store_true", help="torch.compile the step")
+    parser.add_argument("--measure_peak", choices=("auto", "yes", "no"), default="auto")
+    parser.add_argument("--profile", default="", help="write a jax profiler trace per row here")
+    parser.add_argument("--out", default="", help="also write the table (markdown) here")
+    args = parser.parse_args(argv)
+
+    threads = args.threads or os.cpu_count()
+    import jax
+
+    plat, devices, kind = device_description()
+    on_cpu = plat == "cpu"
+    args.dtype = args.dtype or ("float32" if on_cpu else "bfloat16")
+    args.steps = args.steps or (3 if on_cpu else 20)
+    rows = [r for r in (args.rows or ",".join(CPU_ROWS if on_cpu else ACCELERATOR_ROWS)).split(",")]
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        parser.error(f"unknown row(s) {unknown}; known: {sorted(ROWS)}")
+    torch_version = "-"
+    if not args.no_torch:
+        import torch
+        import transformers
+
+        torch.set_num_threads(threads)
+        torch_version = torch.__version__
+    peaks = peak_for(kind)
+    if peaks is not None and (
+        args.measure_peak == "yes" or (args.measure_peak == "auto" and not on_cpu)
+    ):
+        peaks = (peaks[0], measure_matmul_peak())
+    elif args.measure_peak == "yes":
+        peaks = (float("nan"), measure_matmul_peak())
+    peak_text = "none (no MFU on CPU)"
+    if peaks is not None:
+        peak_text = f"{peaks[0]:.0f} TFLOP/s bf16 datasheet per device" + (
+            f"; {peaks[1]:.0f} TFLOP/s measured (8192^3 bf16 matmul)" if peaks[1] else ""
+        )
+    header = {
+        "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "device": kind,
+        "devices": devices,
+        "platform": plat,
+        "jax": jax.__version__,
+        "torch": torch_version,
+        "transformers": "-" if args.no_torch else transformers.__version__,
+        "dtype": args.dtype,
+        "remat": args.remat,
+        "attention_impl": args.attention_impl,
+        "threads": f"{threads} CPU threads for torch (XLA: all cores)" if on_cpu else "",
+        "peak": peak_text,
+        "command": "python benchmarks/train_speed.py " + " ".join(argv or sys.argv[1:]),
+        "rounds": args.rounds,
+        "steps": args.steps,
+        "warmup": args.warmup,
+    }
+    results = []
+    for name in rows:
+        row = ROWS[name]
+        sizes = (
+            tuple(int(b) for b in args.batch_sizes.split(",")) if args.batch_sizes else row.batch_sizes
+        )
+        for batch in sizes:
+            try:
+                result = run_row(row, batch, args, peaks, devices)
+            except Exception as e:  # e.g. out of memory at the largest batch: report, go on
+                print(f"{name} batch {batch}: FAILED: {type(e).__name__}: {e}", flush=True)
+                result = {"row": name, "batch": batch, "seq": row.seq, "error": str(e)[:200]}
+            results.append(result)
+            print(
+                {k: v for k, v in result.items() if k not in ("GFLOP/step",)},
+                flush=True,
+            )
+    table = format_table(results, header)
+    print(table, flush=True)
+    if args.out:
+        pathlib.Path(args.out).write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()

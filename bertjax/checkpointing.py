@@ -78,6 +78,18 @@ class HostStateRestore(ocp.args.CheckpointArgs):
 # ---------------------------------------------------------------------------------------------
 
 
+def _tune_array_handler() -> None:
+    """On CPU, saves each replicated array from one replica instead of slicing it across all.
+
+    Orbax's replica-parallel saving (its default off GPU) spreads the write of a replicated
+    array over its replicas, which pays on TPU pods; on CPU it compiles a slicing program per
+    array shape and made the first save of a small model take ~10 s instead of ~0.1 s.
+    """
+    if jax.default_backend() == "cpu":
+        handler = ocp.type_handlers.ArrayHandler(use_replica_parallel=False)
+        ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+
+
 class Checkpointer:
     """Saves and restores the train state and the data position of a run directory.
 
@@ -86,6 +98,7 @@ class Checkpointer:
     """
 
     def __init__(self, workdir: str | pathlib.Path, *, keep: int, async_save: bool = True):
+        _tune_array_handler()
         self.directory = epath.Path(workdir) / "checkpoints"
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,

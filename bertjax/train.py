@@ -47,7 +47,7 @@ class NonFiniteLossError(RuntimeError):
 class Schedule:
     total_steps: int
     warmup_steps: int
-    eval_every: int  # 0: evaluate only at the end
+    eval_every: int  # > 0: every so many steps and at the end; 0: at the end; -1: never
 
 
 @dataclasses.dataclass
@@ -61,7 +61,11 @@ class RunResult:
 
 
 def resolve_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int | None) -> Schedule:
-    """Step counts from the config: fixed steps, or epochs when `num_train_epochs` > 0."""
+    """Step counts from the config: fixed steps, or epochs when `num_train_epochs` > 0.
+
+    ``config.eval_every``: > 0 evaluates every so many steps and at the end, 0 only at the end
+    (at the end of every epoch with `num_train_epochs`), -1 never.
+    """
     epochs = float(config.get("num_train_epochs", 0) or 0)
     total, warmup, eval_every = config.total_steps, config.optim.warmup_steps, config.eval_every
     if epochs > 0:
@@ -70,11 +74,11 @@ def resolve_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int | N
                 f"config.num_train_epochs={epochs} needs the task's data to give steps_per_epoch"
             )
         total = max(1, math.ceil(epochs * steps_per_epoch))
-        if eval_every <= 0:
+        if eval_every == 0:
             eval_every = steps_per_epoch
     if config.optim.get("warmup_proportion", 0):
         warmup = int(round(float(config.optim.warmup_proportion) * total))
-    return Schedule(int(total), int(min(warmup, total)), int(max(eval_every, 0)))
+    return Schedule(int(total), int(min(warmup, total)), int(max(eval_every, -1)))
 
 
 class _Preemption:
@@ -366,7 +370,9 @@ def run(
 
                 last = step == schedule.total_steps
                 do_log = step % config.log_every == 0 or last
-                do_eval = last or (schedule.eval_every > 0 and step % schedule.eval_every == 0)
+                do_eval = schedule.eval_every >= 0 and (
+                    last or (schedule.eval_every > 0 and step % schedule.eval_every == 0)
+                )
                 do_save = step % config.checkpoint_every == 0 or last
                 if not (do_log or do_eval or do_save):
                     continue

@@ -61,7 +61,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.batch_size = 32  # global batch size
     config.total_steps = 2000
     config.log_every = 50
-    config.eval_every = 500
+    config.eval_every = 500  # steps; 0: only at the end; -1: never
     config.eval_batches = 8
     config.checkpoint_every = 500
     config.keep_checkpoints = 3

@@ -4,8 +4,9 @@
     python -m bertjax.generate_cli --checkpoint=/tmp/gpt_tiny --prompt="The import statement"
 
 A byte-level BPE vocabulary is trained on the corpus at start-up and saved in WORKDIR/tokenizer.
-Eval perplexity falls from about the vocabulary size to well under 100 within a few minutes
-on 2 CPU cores. Any key can be overridden, e.g. `--config.total_steps=100`.
+The held-out perplexity falls from ~490 at step 50 to ~136 at step 300 (a few minutes on 2 CPU
+cores); the corpus is small (~55k tokens), so longer runs overfit. Any key can be overridden,
+e.g. `--config.total_steps=100`.
 """
 
 import ml_collections

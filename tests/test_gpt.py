@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -152,13 +153,12 @@ def test_segment_ids_block_attention_across_documents():
     cfg = models.get_config("gpt_tiny", vocab_size=64, num_layers=1, hidden_size=32)
     model = models.build(cfg)
     ids = np.random.default_rng(0).integers(0, 64, (1, 10)).astype(np.int32)
-    params = model.init(jax.random.key(0), {"input_ids": ids})["params"]
+    params = jax.jit(model.init)(jax.random.key(0), {"input_ids": ids})["params"]
+    apply = jax.jit(model.apply)
     seg = np.array([[1] * 4 + [2] * 6], np.int32)
     pos = np.array([[0, 1, 2, 3, 0, 1, 2, 3, 4, 5]], np.int32)
-    packed = model.apply(
-        {"params": params}, {"input_ids": ids, "segment_ids": seg, "positions": pos}
-    )
-    alone = model.apply({"params": params}, {"input_ids": ids[:, 4:]})
+    packed = apply({"params": params}, {"input_ids": ids, "segment_ids": seg, "positions": pos})
+    alone = apply({"params": params}, {"input_ids": ids[:, 4:]})
     np.testing.assert_allclose(packed["logits"][:, 4:], alone["logits"], atol=1e-5)
 
 
@@ -178,15 +178,23 @@ def test_presets_and_parameter_count():
 
 def test_every_parameter_has_logical_axes():
     cfg = models.get_config("gpt_tiny", vocab_size=64)
-    boxed = models.build(cfg).init(jax.random.key(0), {"input_ids": jnp.zeros((1, 4), jnp.int32)})
+    boxed = jax.eval_shape(
+        models.build(cfg).init, jax.random.key(0), {"input_ids": jnp.zeros((1, 4), jnp.int32)}
+    )
     leaves = jax.tree.leaves(boxed["params"], is_leaf=lambda x: hasattr(x, "names"))
     assert leaves and all(hasattr(x, "names") and len(x.names) == x.value.ndim for x in leaves)
 
 
 def test_scaled_residual_init():
     cfg = models.get_config("gpt_tiny", vocab_size=64, num_layers=8)
-    params = models.build(cfg).init(jax.random.key(0), {"input_ids": jnp.zeros((1, 4), jnp.int32)})
-    params = __import__("flax").linen.meta.unbox(params["params"])
+    shapes = jax.eval_shape(
+        models.build(cfg).init, jax.random.key(0), {"input_ids": jnp.zeros((1, 4), jnp.int32)}
+    )
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(
+        lambda s: rng.normal(size=s.shape).astype(np.float32),
+        flax.linen.meta.unbox(shapes["params"]),
+    )
     scaled = gpt.scale_residual_init(cfg, params)
     factor = 1 / np.sqrt(16)
     for i in range(8):

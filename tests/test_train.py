@@ -22,7 +22,7 @@ TINY = {
     "data.vocab_size": 1000,
     "batch_size": 8,
     "log_every": 1,
-    "eval_every": 0,
+    "eval_every": -1,
     "eval_batches": 2,
     "checkpoint_every": 100,
     "optim.warmup_steps": 1,
@@ -93,18 +93,15 @@ def test_sharded_mesh_gives_the_losses_of_one_device(tmp_path):
         losses[name] = [r["loss"] for r in result.records]
         states[name] = result.state
     assert len(losses["one"]) == 3
-    # Before any update the losses agree to float32 rounding; after Adam steps (which divide
-    # by sqrt(v) + eps, so rounding-size gradients get full-size steps) to ~1e-5.
-    np.testing.assert_allclose(losses["eight"][:2], losses["one"][:2], rtol=2e-6)
-    np.testing.assert_allclose(losses["eight"], losses["one"], rtol=1e-4)
-    # The params really are split: FFN kernel over fsdp x tensor, embeddings over tensor.
+    np.testing.assert_allclose(losses["eight"], losses["one"], rtol=2e-6)
+    # The params really are split: FFN kernel over fsdp x tensor, embeddings over fsdp.
     kernel = states["eight"]["params"]["encoder"]["layer_0"]["mlp"]["wi"]["kernel"]
     assert kernel.sharding.spec == PartitionSpec("fsdp", "tensor")
     assert kernel.shape == (32, 64)
     assert {s.data.shape for s in kernel.addressable_shards} == {(16, 32)}
     emb = states["eight"]["params"]["embeddings"]["word_embeddings"]["embedding"]
-    assert emb.sharding.spec == PartitionSpec("tensor", "fsdp")
-    assert {s.data.shape for s in emb.addressable_shards} == {(emb.shape[0] // 2, 16)}
+    assert emb.sharding.spec == PartitionSpec(None, "fsdp")
+    assert {s.data.shape for s in emb.addressable_shards} == {(emb.shape[0], 16)}
     # Adam's moments follow their params.
     mu = states["eight"]["opt_state"]
     mu_shardings = {x.sharding.spec for x in jax.tree.leaves(mu) if x.ndim == 2}
@@ -112,7 +109,7 @@ def test_sharded_mesh_gives_the_losses_of_one_device(tmp_path):
     one = jax.device_get(states["one"]["params"])
     eight = jax.device_get(states["eight"]["params"])
     max_diff = max(jax.tree.leaves(jax.tree.map(lambda a, b: np.abs(a - b).max(), one, eight)))
-    assert max_diff < 1e-4
+    assert max_diff < 1e-6
 
 
 def test_gradient_accumulation_matches_the_full_batch(tmp_path):

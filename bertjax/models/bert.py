@@ -124,7 +124,7 @@ class BertMLMHead(nn.Module):
         bias = self.param(
             "bias", layers.zeros_init(("vocab",)), (cfg.vocab_size,), cfg.params_dtype
         )
-        logits = embeddings.attend(h) + bias.astype(jnp.float32)
+        logits = layers.add_bias(embeddings.attend(h), bias)
         return nn.with_logical_constraint(logits, ("act_batch", "act_length", "act_vocab"))
 
 

@@ -17,7 +17,7 @@ HEADS = ("encoder", "pretraining", "mlm", "classification", "causal_lm")
 ACTIVATIONS = ("gelu", "gelu_new", "relu")
 # Rematerialisation policies by name; see `remat_policy()` in layers.py for what each keeps.
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
-ATTENTION_IMPLS = ("xla", "cudnn", "reference")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "reference")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -49,11 +49,13 @@ class ModelConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: str = "none"
-    # "xla": jax.nn.dot_product_attention(implementation=None), which picks the fused kernel
-    # when jax has one for the platform; "cudnn": force cuDNN flash attention (GPU only);
-    # "reference": the plain einsum formula. Training with attention_dropout > 0 always takes
-    # the reference path, since the fused kernels have no dropout on attention probabilities.
-    attention_impl: str = "xla"
+    # "auto": cuDNN flash attention (through jax.nn.dot_product_attention) on a CUDA GPU with
+    # bf16/fp16 compute and a head dim it supports, else "xla" (jax 0.10's implementation=None
+    # never picks cuDNN by itself); "xla": XLA's attention on any platform; "cudnn": force
+    # cuDNN (errors where unsupported); "reference": the plain einsum formula. Training with
+    # attention_dropout > 0 always takes the reference path, since the fused kernels have no
+    # dropout on attention probabilities: set it to 0 for the fast path.
+    attention_impl: str = "auto"
 
     def __post_init__(self) -> None:
         def check(name: str, value: Any, allowed: tuple[str, ...]) -> None:

@@ -142,8 +142,8 @@ class GPTLMHeadModel(nn.Module):
 
 
 def build(cfg: ModelConfig) -> GPTLMHeadModel:
-    """The GPT-2 module of `cfg` (head "causal_lm"; "encoder" is accepted as the same model)."""
-    if cfg.head not in ("causal_lm", "encoder"):
+    """The GPT-2 module of `cfg` (its only head is "causal_lm")."""
+    if cfg.head != "causal_lm":
         raise ValueError(f"GPT-2 has no head {cfg.head!r}; supported: ['causal_lm']")
     return GPTLMHeadModel(cfg)
 

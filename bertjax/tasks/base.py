@@ -35,7 +35,7 @@ What the loop does with a task, in order:
 Steps versus epochs: when ``config.num_train_epochs > 0`` and the task's data gives
 ``steps_per_epoch``, the loop uses ``total_steps = num_train_epochs * steps_per_epoch``, a warmup
 of ``optim.warmup_proportion * total_steps`` (when that key is set) and evaluates at the end of
-every epoch (when ``config.eval_every <= 0``).
+every epoch (when ``config.eval_every == 0``; -1 never evaluates).
 
 Example (a minimal classification task; see `bert_pretrain.py` for a complete one)::
 

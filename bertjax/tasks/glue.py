@@ -15,7 +15,6 @@ vocabulary, so that `bertjax.predict` can rebuild the model from the workdir alo
 
 from __future__ import annotations
 
-import filecmp
 import functools
 import json
 import os
@@ -181,17 +180,24 @@ def _checkpoint_lower_case(config: ml_collections.ConfigDict) -> bool | None:
 
 def resolve_tokenizer(config: ml_collections.ConfigDict):
     """The WordPiece tokenizer of the run, checked against init_from's vocabulary and casing."""
-    from bertjax.data.tokenizer import WordPieceTokenizer
+    from bertjax.data.tokenizer import WordPieceTokenizer, read_vocab_file
 
     ckpt_vocab = _checkpoint_vocab(config)
     vocab_file = config.data.vocab_file
     if vocab_file:
-        if ckpt_vocab is not None and not filecmp.cmp(vocab_file, ckpt_vocab, shallow=False):
-            raise InitFromError(
-                f"vocabulary mismatch: config.data.vocab_file={vocab_file} differs from the "
-                f"checkpoint's {ckpt_vocab} (init_from={config.init_from}); fine-tuning needs "
-                "the vocabulary the encoder was pretrained with"
-            )
+        if ckpt_vocab is not None:
+            ours, theirs = read_vocab_file(vocab_file), read_vocab_file(str(ckpt_vocab))
+            if ours != theirs:
+                line = next(
+                    (i + 1 for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b),
+                    min(len(ours), len(theirs)) + 1,
+                )
+                raise InitFromError(
+                    f"vocabulary mismatch: config.data.vocab_file={vocab_file} "
+                    f"({len(ours)} tokens) differs from the checkpoint's {ckpt_vocab} "
+                    f"({len(theirs)} tokens) from line {line} on (init_from={config.init_from}); "
+                    "fine-tuning needs the vocabulary the encoder was pretrained with"
+                )
     elif ckpt_vocab is not None:
         vocab_file = str(ckpt_vocab)
     else:

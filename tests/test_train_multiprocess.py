@@ -1,0 +1,136 @@
+"""Two processes on localhost (2 CPU devices each) train like one process with 4 devices.
+
+The 2-process job runs through `launch/local_multiprocess.py` and `bertjax.main`, with
+`jax.distributed` on 127.0.0.1. Each of its processes reads its own shard of the data, so the
+1-process reference builds both hosts' pipelines and puts their rows side by side: the same
+global batches. Losses, gradient norms and the eval metrics (gathered from both processes) must
+match.
+"""
+
+import dataclasses
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from bertjax import config_lib, tasks, train
+from bertjax.tasks import bert_pretrain
+from bertjax.tasks.base import HostInfo, TaskData
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+OVERRIDES = {
+    "model.num_layers": 1,
+    "model.hidden_size": 32,
+    "model.num_heads": 2,
+    "model.intermediate_size": 64,
+    "model.max_position_embeddings": 32,
+    "data.max_seq_length": 32,
+    "data.max_predictions_per_seq": 5,
+    "data.vocab_size": 1000,
+    "batch_size": 8,
+    "total_steps": 4,
+    "log_every": 1,
+    "eval_every": 0,  # at the end
+    "eval_batches": 2,
+    "checkpoint_every": 100,
+    "optim.warmup_steps": 1,
+    # Data parallel across the two processes, tensor parallel inside each.
+    "mesh.data": 2,
+    "mesh.fsdp": 1,
+    "mesh.tensor": 2,
+}
+
+pytestmark = pytest.mark.slow
+
+
+class _SideBySide:
+    """One iterator whose batches are host 0's rows then host 1's rows."""
+
+    def __init__(self, iterators):
+        self.iterators = iterators
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        parts = [next(it) for it in self.iterators]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def get_state(self):
+        return {str(i): it.get_state() for i, it in enumerate(self.iterators)}
+
+    def set_state(self, state):
+        for i, it in enumerate(self.iterators):
+            it.set_state(state[str(i)])
+
+
+def _two_hosts_in_one(config, host: HostInfo) -> TaskData:
+    """bert_pretrain's data for hosts 0 and 1 of 2, served together by this one process."""
+    hosts = [
+        bert_pretrain.build_data(
+            config,
+            dataclasses.replace(
+                host, process_index=i, process_count=2, local_batch_size=host.local_batch_size // 2
+            ),
+        )
+        for i in range(2)
+    ]
+    return TaskData(
+        train=_SideBySide([h.train for h in hosts]),
+        eval_sets=lambda: {
+            "eval": _SideBySide([iter(h.eval_sets()["eval"]) for h in hosts]),
+        },
+        vocab_size=hosts[0].vocab_size,
+    )
+
+
+def test_two_processes_give_the_losses_of_one_with_four_devices(tmp_path):
+    two = tmp_path / "two_processes"
+    args = [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
+    result = subprocess.run(
+        [
+            sys.executable,
+            "launch/local_multiprocess.py",
+            "--num_processes=2",
+            "--devices_per_process=2",
+            "--",
+            "--config=configs/bert_tiny_pretrain.py",
+            f"--workdir={two}",
+            *args,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert "(2 processes)" in result.stdout
+    got = [json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines()]
+
+    tasks.register(
+        dataclasses.replace(
+            bert_pretrain.TASK, name="two_hosts_in_one", build_data=_two_hosts_in_one
+        )
+    )
+    config = config_lib.load(
+        "configs/bert_tiny_pretrain.py", {**OVERRIDES, "task": "two_hosts_in_one"}
+    )
+    want = train.run(config, tmp_path / "one_process", devices=jax.devices()[:4]).records
+
+    assert [r["step"] for r in got] == [r["step"] for r in want] == [1, 2, 3, 4]
+    for g, w in zip(got, want, strict=True):
+        for key in ("loss", "mlm_loss", "nsp_loss", "grad_norm", "param_norm"):
+            assert g[key] == pytest.approx(w[key], rel=1e-5), (g["step"], key)
+    for key in ("eval/loss", "eval/mlm_accuracy", "eval/nsp_accuracy", "eval/examples"):
+        assert got[-1][key] == pytest.approx(want[-1][key], rel=1e-5), key
+    assert got[-1]["eval/examples"] == 2 * 8  # both processes' eval rows were gathered
+    # Both processes wrote their data position into the final checkpoint.
+    data_dir = two / "checkpoints" / "4" / "data"
+    assert sorted(p.name for p in data_dir.glob("process_*.json")) == [
+        "process_0-of-2.json",
+        "process_1-of-2.json",
+    ]

@@ -1,16 +1,18 @@
 r"""Generation speed: bertjax KV-cache `generate` vs transformers' PyTorch `generate`, same model.
 
     python benchmarks/generate_speed.py [--presets=gpt2,gpt_tiny] [--batch_sizes=1,32]
-        [--prompt_len=32] [--new_tokens=64] [--repeats=5]
+        [--prompt_len=32] [--new_tokens=64] [--repeats=5] [--dtypes=float32,bfloat16]
 
 A GPT2LMHeadModel with random weights is built offline from a GPT2Config of each preset's sizes
 (GPT-2's 50,257-token vocabulary), saved, and converted with `bertjax.convert.from_hf`; both
-sides then decode greedily, float32, from the same prompts for exactly `new_tokens` tokens (no
-end-of-text stop), transformers with its default dynamic KV cache. The two are timed in
-alternation (after one untimed warm-up each, which for bertjax includes compilation) and the
-median of `repeats` runs is reported, since a shared machine is noisy. Throughput = new tokens
-per second over the whole batch, prefill included. The first row's tokens of the two sides are
-compared as a sanity check.
+sides then decode greedily from the same prompts for exactly `new_tokens` tokens (no end-of-text
+stop), transformers with its default dynamic KV cache; in float32, and in bfloat16 when asked
+(bertjax: bfloat16 compute with float32 logits; transformers: the model cast with
+`.to(torch.bfloat16)`; the two may then pick different tokens after a near-tie). The two are
+timed in alternation (after one untimed warm-up each, which for bertjax includes compilation)
+and the median of `repeats` runs is reported, since a shared machine is noisy. Throughput = new
+tokens per second over the whole batch, prefill included. The first row's tokens of the two
+sides are compared as a sanity check.
 """
 
 from __future__ import annotations
@@ -76,6 +78,35 @@ def time_ours(model, params, prompts: np.ndarray, new_tokens: int) -> tuple[floa
     return time.perf_counter() - start, out
 
 
+def hf_model_cast(model, dtype: str):
+    """A copy of the transformers model with its weights cast to `dtype`."""
+    import copy
+
+    import torch
+
+    return copy.deepcopy(model).to(getattr(torch, dtype))
+
+
+def compare(model, params, hf, batch: int, args, vocab_size: int) -> tuple[float, float, bool]:
+    """(bertjax tokens/s, transformers tokens/s, row 0 equal), timed in alternation."""
+    prompts = np.random.default_rng(batch).integers(0, vocab_size, (batch, args.prompt_len))
+    prompts = prompts.astype(np.int32)
+    _, ours_out = time_ours(model, params, prompts, args.new_tokens)  # compiles
+    _, hf_out = time_hf(hf, prompts, args.new_tokens)
+    same = bool((ours_out[0] == hf_out[0]).all())
+    ours_t, hf_t = [], []
+    for r in range(args.repeats):
+        # Alternate which goes first, so that drifts in machine load hit both alike.
+        order = ("ours", "hf") if r % 2 == 0 else ("hf", "ours")
+        for who in order:
+            if who == "ours":
+                ours_t.append(time_ours(model, params, prompts, args.new_tokens)[0])
+            else:
+                hf_t.append(time_hf(hf, prompts, args.new_tokens)[0])
+    tokens = batch * args.new_tokens
+    return tokens / statistics.median(ours_t), tokens / statistics.median(hf_t), same
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--presets", default="gpt2,gpt_tiny")
@@ -83,6 +114,7 @@ def main() -> None:
     parser.add_argument("--prompt_len", type=int, default=32)
     parser.add_argument("--new_tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--dtypes", default="float32")
     args = parser.parse_args()
 
     import torch
@@ -92,48 +124,32 @@ def main() -> None:
         f"jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, "
         f"{os.cpu_count()} CPUs; prompt {args.prompt_len} tokens, {args.new_tokens} new tokens, "
-        f"greedy, float32, median of {args.repeats}"
+        f"greedy, median of {args.repeats}"
     )
     rows = []
     for preset in args.presets.split(","):
         with tempfile.TemporaryDirectory() as directory:
-            hf = hf_model(preset, directory)
+            hf32 = hf_model(preset, directory)
             cfg, params = from_hf(directory)
         params = jax.device_put(params)
-        model = models.build(cfg)
-        for batch in (int(b) for b in args.batch_sizes.split(",")):
-            prompts = (
-                np.random.default_rng(batch)
-                .integers(0, cfg.vocab_size, (batch, args.prompt_len))
-                .astype(np.int32)
-            )
-            _, ours_out = time_ours(model, params, prompts, args.new_tokens)  # compiles
-            _, hf_out = time_hf(hf, prompts, args.new_tokens)
-            same = bool((ours_out[0] == hf_out[0]).all())
-            ours_t, hf_t = [], []
-            for r in range(args.repeats):
-                # Alternate which goes first, so that drifts in machine load hit both alike.
-                order = ("ours", "hf") if r % 2 == 0 else ("hf", "ours")
-                for who in order:
-                    if who == "ours":
-                        ours_t.append(time_ours(model, params, prompts, args.new_tokens)[0])
-                    else:
-                        hf_t.append(time_hf(hf, prompts, args.new_tokens)[0])
-            tokens = batch * args.new_tokens
-            ours_rate = tokens / statistics.median(ours_t)
-            hf_rate = tokens / statistics.median(hf_t)
-            rows.append((preset, batch, ours_rate, hf_rate, ours_rate / hf_rate, same))
-            print(f"  {preset} batch {batch}: done", file=sys.stderr, flush=True)
+        for dtype in args.dtypes.split(","):
+            model = models.build(cfg.replace(dtype=dtype))
+            hf = hf32 if dtype == "float32" else hf_model_cast(hf32, dtype)
+            for batch in (int(b) for b in args.batch_sizes.split(",")):
+                result = compare(model, params, hf, batch, args, cfg.vocab_size)
+                rows.append((preset, dtype, batch, *result))
+                print(f"  {preset} {dtype} batch {batch}: done", file=sys.stderr, flush=True)
 
     print()
     print(
-        "| model | batch | bertjax tokens/s | transformers tokens/s | ratio | greedy row 0 equal |"
+        "| model | dtype | batch | bertjax tokens/s | transformers tokens/s | ratio "
+        "| greedy row 0 equal |"
     )
-    print("|---|---:|---:|---:|---:|---|")
-    for preset, batch, ours_rate, hf_rate, ratio, same in rows:
+    print("|---|---|---:|---:|---:|---:|---|")
+    for preset, dtype, batch, ours_rate, hf_rate, same in rows:
         print(
-            f"| {preset} | {batch} | {ours_rate:,.0f} | {hf_rate:,.0f} | {ratio:.2f}x | "
-            f"{'yes' if same else 'NO'} |"
+            f"| {preset} | {dtype} | {batch} | {ours_rate:,.0f} | {hf_rate:,.0f} | "
+            f"{ours_rate / hf_rate:.2f}x | {'yes' if same else 'no'} |"
         )
 
 

@@ -210,14 +210,22 @@ def bertjax_config(row: Row, batch: int, args: argparse.Namespace):
 class BertjaxRunner:
     """The jitted train step of bertjax/train.py on one row; `run(n)` does n steps."""
 
-    def __init__(self, row: Row, batch: int, host_batches: list[dict[str, np.ndarray]], args):
+    def __init__(
+        self,
+        row: Row,
+        batch: int,
+        host_batches: list[dict[str, np.ndarray]],
+        args,
+        num_devices: int | None = None,
+    ):
         import jax
 
         from bertjax import sharding, tasks, train
 
         self.config = bertjax_config(row, batch, args)
         task = tasks.get(self.config.task)
-        mesh = sharding.make_mesh(self.config.mesh)
+        devices = jax.devices()[: num_devices or jax.device_count()]
+        mesh = sharding.make_mesh(self.config.mesh, devices)
         model_cfg, model = task.build_model(self.config, None)
         build = getattr(train, "build_trainer", None) or _build_trainer_fallback
         self.trainer = build(self.config, task, model_cfg, model, mesh)
@@ -377,7 +385,7 @@ class TorchRunner:
         self.model = model.to(self.device).train()
         self.family = row.family
         decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
+        for p in self.model.parameters():
             (no_decay if p.ndim == 1 else decay).append(p)  # biases and LayerNorm
         groups = [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0}]
         self.opt = torch.optim.AdamW(groups, lr=1e-4, eps=1e-6, fused=self.cuda or None)
@@ -397,9 +405,8 @@ class TorchRunner:
         t = self.torch
         if self.family == "gpt":
             ids = t.from_numpy(b["input_ids"]).long()
-            # GPT2LMHeadModel shifts labels itself: labels = input_ids predicts ids[1:]; our
-            # targets are ids shifted by one, so the same tokens are predicted at T-1 positions
-            # plus one more: pass the full row and let the model shift (the same matmuls).
+            # GPT2LMHeadModel shifts the labels itself (T-1 targets per row, ours T); its LM
+            # head still multiplies all T positions, as ours.
             return {"input_ids": ids.to(self.device), "labels": ids.to(self.device)}
         ids = t.from_numpy(b["input_ids"]).long()
         labels = t.full_like(ids, -100)
@@ -433,7 +440,7 @@ class TorchRunner:
             self.torch.cuda.synchronize()
 
     def last_loss(self) -> float:
-        return float(self.loss)
+        return float(self.loss.detach())
 
 
 # ------------------------------------------------------------------------------------ timing
@@ -509,6 +516,7 @@ def measure_matmul_peak(seconds: float = 3.0) -> float:
 def format_table(results: list[dict[str, Any]], header: dict[str, Any]) -> str:
     cols = [
         ("row", "{}"),
+        ("devices", "{}"),
         ("batch", "{}"),
         ("seq", "{}"),
         ("GFLOP/step", "{:.1f}"),
@@ -527,7 +535,7 @@ def format_table(results: list[dict[str, Any]], header: dict[str, Any]) -> str:
         f"device: {header['device']} x {header['devices']} ({header['platform']}); "
         f"jax {header['jax']}, torch {header['torch']}, transformers {header['transformers']}",
         f"compute dtype {header['dtype']} (params float32), remat {header['remat']}, "
-        f"attention {header['attention_impl']}, {header['threads']}",
+        f"attention {header['attention_impl']}{header['threads']}",
         f"peak: {header['peak']}",
         f"command: {header['command']}",
         f"medians of {header['rounds']} alternating rounds of {header['steps']} steps "
@@ -543,63 +551,88 @@ def format_table(results: list[dict[str, Any]], header: dict[str, Any]) -> str:
             value = r.get(name, "")
             cells.append(fmt.format(value) if value not in ("", None) else "-")
         lines.append("| " + " | ".join(cells) + " |")
+    errors = [r for r in results if "error" in r]
+    if errors:
+        lines.append("")
+        lines.extend(f"- {r['row']} batch {r['batch']}: {r['error']}" for r in errors)
     return "\n".join(lines)
 
 
-def run_row(row: Row, batch: int, args, peaks, devices: int) -> dict[str, Any]:
+def run_row(row: Row, batch: int, args, peaks, device_counts: list[int]) -> list[dict[str, Any]]:
+    """Times bertjax on each mesh size and transformers, alternating; one result per mesh."""
     host_batches = make_batches(row, batch, args.num_batches)
     runners: dict[str, Any] = {}
-    runners["bertjax"] = BertjaxRunner(row, batch, host_batches, args)
+    for n in device_counts:
+        runners[f"bertjax@{n}"] = BertjaxRunner(row, batch, host_batches, args, n)
     if not args.no_torch:
         runners["torch"] = TorchRunner(row, batch, host_batches, args)
     rates = measure(runners, args)
-    sps = statistics.median(rates["bertjax"])
     flops = flops_per_step(row, batch)
-    result: dict[str, Any] = {
-        "row": row.name,
-        "batch": batch,
-        "seq": row.seq,
-        "GFLOP/step": flops / 1e9,
-        "steps/s": sps,
-        "seq/s": sps * batch,
-        "tokens/s": sps * batch * row.seq,
-        "TFLOP/s": sps * flops / 1e12,
-        "rounds_bertjax": [round(x, 4) for x in rates["bertjax"]],
-        "loss_bertjax": runners["bertjax"].last_loss(),
-    }
-    if peaks is not None:
-        datasheet, measured = peaks
-        result["MFU"] = f"{100 * sps * flops / (devices * datasheet * 1e12):.1f}%"
-        if measured:
-            result["MFU (measured peak)"] = f"{100 * sps * flops / (devices * measured * 1e12):.1f}%"
-    if "torch" in rates:
-        tps = statistics.median(rates["torch"])
-        result["torch steps/s"] = f"{tps:.3f}"
-        result["ratio"] = f"{sps / tps:.2f}x"
-        result["rounds_torch"] = [round(x, 4) for x in rates["torch"]]
-        result["loss_torch"] = runners["torch"].last_loss()
+    results = []
+    for n in device_counts:
+        name = f"bertjax@{n}"
+        sps = statistics.median(rates[name])
+        result: dict[str, Any] = {
+            "row": row.name,
+            "devices": n,
+            "batch": batch,
+            "seq": row.seq,
+            "GFLOP/step": flops / 1e9,
+            "steps/s": sps,
+            "seq/s": sps * batch,
+            "tokens/s": sps * batch * row.seq,
+            "TFLOP/s": sps * flops / 1e12,
+            "rounds": [round(x, 4) for x in rates[name]],
+            "loss": runners[name].last_loss(),
+        }
+        if peaks is not None:
+            datasheet, measured = peaks
+            result["MFU"] = f"{100 * sps * flops / (n * datasheet * 1e12):.1f}%"
+            if measured:
+                result["MFU (measured peak)"] = f"{100 * sps * flops / (n * measured * 1e12):.1f}%"
+        if "torch" in rates:
+            tps = statistics.median(rates["torch"])
+            result["torch steps/s"] = f"{tps:.3f}"
+            result["ratio"] = f"{sps / tps:.2f}x"
+            result["torch rounds"] = [round(x, 4) for x in rates["torch"]]
+            result["torch loss"] = runners["torch"].last_loss()
+        results.append(result)
     if args.profile:
         import jax
 
-        path = pathlib.Path(args.profile) / f"{row.name}_b{batch}"
-        with jax.profiler.trace(str(path)):
-            runners["bertjax"].run(args.steps)
-        result["profile"] = str(path)
-    return result
+        for n in device_counts:
+            path = pathlib.Path(args.profile) / f"{row.name}_b{batch}_d{n}"
+            with jax.profiler.trace(str(path)):
+                runners[f"bertjax@{n}"].run(args.steps)
+            results[device_counts.index(n)]["profile"] = str(path)
+    return results
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="", help=f"comma-separated, of {sorted(ROWS)}")
     parser.add_argument("--batch_sizes", default="", help="override the rows' batch sizes")
+    parser.add_argument(
+        "--devices",
+        default="",
+        help="device counts of the bertjax mesh to run, e.g. '1,all' (default: CPU '1,all', "
+        "accelerators 'all')",
+    )
+    parser.add_argument(
+        "--cpu_devices",
+        type=int,
+        default=0,
+        help="host CPU devices for XLA (xla_force_host_platform_device_count; 0: one per core) "
+        "so that the mesh can be data parallel over the cores",
+    )
     parser.add_argument("--steps", type=int, default=0, help="steps per round (0: auto)")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--num_batches", type=int, default=4, help="distinct batches cycled")
     parser.add_argument("--dtype", default="", help="compute dtype (default: bf16 off CPU)")
     parser.add_argument("--remat", default="none")
     parser.add_argument("--attention_impl", default="auto")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: cores)")
     parser.add_argument("--no_torch", action="store_true", help="skip transformers")
     parser.add_argument("--torch_compile", action="store_true", help="torch.compile the step")
     parser.add_argument("--measure_peak", choices=("auto", "yes", "no"), default="auto")
@@ -607,24 +640,37 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="", help="also write the table (markdown) here")
     args = parser.parse_args(argv)
 
-    threads = args.threads or os.cpu_count()
+    cores = os.cpu_count() or 1
+    threads = args.threads or cores
+    if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        count = args.cpu_devices or cores
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={count}"
+        ).strip()
     import jax
 
-    plat, devices, kind = device_description()
+    plat, total_devices, kind = device_description()
     on_cpu = plat == "cpu"
     args.dtype = args.dtype or ("float32" if on_cpu else "bfloat16")
     args.steps = args.steps or (3 if on_cpu else 20)
-    rows = [r for r in (args.rows or ",".join(CPU_ROWS if on_cpu else ACCELERATOR_ROWS)).split(",")]
+    rows = (args.rows or ",".join(CPU_ROWS if on_cpu else ACCELERATOR_ROWS)).split(",")
     unknown = [r for r in rows if r not in ROWS]
     if unknown:
         parser.error(f"unknown row(s) {unknown}; known: {sorted(ROWS)}")
-    torch_version = "-"
+    device_counts = []
+    for item in (args.devices or ("1,all" if on_cpu else "all")).split(","):
+        n = total_devices if item == "all" else int(item)
+        if not 1 <= n <= total_devices:
+            parser.error(f"--devices: {item} is not in [1, {total_devices}]")
+        if n not in device_counts:
+            device_counts.append(n)
+    torch_version = transformers_version = "-"
     if not args.no_torch:
         import torch
         import transformers
 
         torch.set_num_threads(threads)
-        torch_version = torch.__version__
+        torch_version, transformers_version = torch.__version__, transformers.__version__
     peaks = peak_for(kind)
     if peaks is not None and (
         args.measure_peak == "yes" or (args.measure_peak == "auto" and not on_cpu)
@@ -637,18 +683,24 @@ def main(argv: list[str] | None = None) -> None:
         peak_text = f"{peaks[0]:.0f} TFLOP/s bf16 datasheet per device" + (
             f"; {peaks[1]:.0f} TFLOP/s measured (8192^3 bf16 matmul)" if peaks[1] else ""
         )
+    cpu_note = ""
+    if on_cpu:
+        cpu_note = (
+            f"; {cores} cores: torch {threads} threads; bertjax on 1 host device (XLA's "
+            f"intra-op threads over all cores) or data parallel over {total_devices} host devices"
+        )
     header = {
         "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
         "device": kind,
-        "devices": devices,
+        "devices": total_devices,
         "platform": plat,
         "jax": jax.__version__,
         "torch": torch_version,
-        "transformers": "-" if args.no_torch else transformers.__version__,
+        "transformers": transformers_version,
         "dtype": args.dtype,
         "remat": args.remat,
         "attention_impl": args.attention_impl,
-        "threads": f"{threads} CPU threads for torch (XLA: all cores)" if on_cpu else "",
+        "threads": cpu_note,
         "peak": peak_text,
         "command": "python benchmarks/train_speed.py " + " ".join(argv or sys.argv[1:]),
         "rounds": args.rounds,
@@ -658,20 +710,19 @@ def main(argv: list[str] | None = None) -> None:
     results = []
     for name in rows:
         row = ROWS[name]
-        sizes = (
-            tuple(int(b) for b in args.batch_sizes.split(",")) if args.batch_sizes else row.batch_sizes
-        )
+        sizes = row.batch_sizes
+        if args.batch_sizes:
+            sizes = tuple(int(b) for b in args.batch_sizes.split(","))
         for batch in sizes:
             try:
-                result = run_row(row, batch, args, peaks, devices)
-            except Exception as e:  # e.g. out of memory at the largest batch: report, go on
+                row_results = run_row(row, batch, args, peaks, device_counts)
+            except Exception as e:  # e.g. out of memory at the largest batch: report it, go on
                 print(f"{name} batch {batch}: FAILED: {type(e).__name__}: {e}", flush=True)
-                result = {"row": name, "batch": batch, "seq": row.seq, "error": str(e)[:200]}
-            results.append(result)
-            print(
-                {k: v for k, v in result.items() if k not in ("GFLOP/step",)},
-                flush=True,
-            )
+                error = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+                row_results = [{"row": name, "batch": batch, "seq": row.seq, "error": error}]
+            for result in row_results:
+                print(result, flush=True)
+            results.extend(row_results)
     table = format_table(results, header)
     print(table, flush=True)
     if args.out:

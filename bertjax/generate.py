@@ -209,6 +209,12 @@ def _generate_block(
     """Prefill + while_loop decode. Returns new tokens [B, max_new_tokens] and their counts [B]."""
     batch, width = block.shape
     decoder = model.clone(decode=True)
+    compute = model.cfg.compute_dtype
+    if compute != model.cfg.params_dtype:
+        # Cast once here, not inside every decode step (e.g. float32 params, bfloat16 compute).
+        params = jax.tree.map(
+            lambda p: p.astype(compute) if jnp.issubdtype(p.dtype, jnp.floating) else p, params
+        )
     cache = init_cache(model, batch, width + max_new_tokens)
     sample = functools.partial(
         sample_logits,

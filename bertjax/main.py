@@ -2,15 +2,13 @@
 
 Kept short on purpose: everything happens in `bertjax.train.run`.
 
-Multi-host: on TPU pods and SLURM clusters JAX finds its peers by itself (no flag needed:
-`jax.distributed.initialize()` is called with no arguments when the environment says we are one
-of several processes). Elsewhere pass ``--coordinator_address=HOST:PORT --num_processes=N
---process_id=I`` on every process.
+Multi-host: on Cloud TPU VMs, GKE, SLURM and Open MPI, JAX finds its peers by itself (no
+flag needed). Elsewhere pass ``--coordinator_address=HOST:PORT --num_processes=N
+--process_id=I`` to every process (`launch/local_multiprocess.py` does this on one machine).
 """
 
 from __future__ import annotations
 
-import os
 import sys
 
 from absl import app, flags, logging
@@ -29,18 +27,13 @@ _COORDINATOR = flags.DEFINE_string(
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes in the job.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Index of this process in the job.")
 
-# Environment variables that mean "this process is one of several, launched by a cluster
-# manager JAX knows how to query" (SLURM, Open MPI, TPU pod slices).
-_CLUSTER_ENV = (
-    "SLURM_JOB_ID",
-    "OMPI_COMM_WORLD_SIZE",
-    "TPU_WORKER_HOSTNAMES",
-    "MEGASCALE_COORDINATOR_ADDRESS",
-)
-
 
 def _start_distributed() -> None:
-    """Starts jax.distributed from the flags, or from the cluster environment, or not at all."""
+    """Starts jax.distributed from the flags, else from what JAX detects, else not at all.
+
+    With no flags, `jax.distributed.initialize()` looks for a cluster it knows (Cloud TPU VM
+    metadata, GKE, SLURM, Open MPI) and raises at once when there is none: one process.
+    """
     import jax
 
     explicit = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
@@ -54,10 +47,13 @@ def _start_distributed() -> None:
             num_processes=_NUM_PROCESSES.value,
             process_id=_PROCESS_ID.value,
         )
-    elif any(name in os.environ for name in _CLUSTER_ENV) and "SLURM_NTASKS" not in os.environ:
-        jax.distributed.initialize()  # TPU pod slice / Open MPI: JAX reads its environment
-    elif int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-        jax.distributed.initialize()  # SLURM job with several tasks
+        return
+    try:
+        jax.distributed.initialize()
+    except ValueError as e:
+        if "coordinator_address" not in str(e):
+            raise
+        logging.info("no cluster detected: running as a single process")
 
 
 class _QuietLibraries:

@@ -66,6 +66,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.checkpoint_every = 500
     config.keep_checkpoints = 3
     config.nsp_weight = 1.0  # lambda in L = L_MLM + lambda * L_NSP
+    config.init_from = ""  # a bertjax run/checkpoint or HF BertForPreTraining dir to start from
 
     config.optim = ml_collections.ConfigDict()
     config.optim.name = "adamw"  # "adamw" | "lamb"

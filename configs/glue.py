@@ -47,7 +47,7 @@ def get_config(task: str = "mrpc") -> ml_collections.ConfigDict:
     config.model.dtype = "float32"  # compute dtype; "bfloat16" for mixed precision
     config.model.param_dtype = "float32"
     config.model.remat = "none"
-    config.model.attention_impl = "xla"
+    config.model.attention_impl = "auto"  # see bertjax/models/config.py
 
     config.data = ml_collections.ConfigDict()
     config.data.task = glue_task.name

@@ -222,3 +222,13 @@ def test_bad_arguments_are_clear_errors(hf_and_ours):
         generate(model, params, [[1]], 3, top_p=0.0)
     with pytest.raises(ValueError, match="non-empty"):
         generate(model, params, [[1], []], 3)
+
+
+def test_bfloat16_compute_generates_from_float32_params(hf_and_ours):
+    """Params are cast to the compute dtype once, before the loop; the first greedy tokens hold."""
+    _, model, params = hf_and_ours
+    bf16 = models.build(model.cfg.replace(dtype="bfloat16"))
+    fast = generate(bf16, params, PROMPTS, NEW, temperature=0.0)
+    exact = generate(model, params, PROMPTS, NEW, temperature=0.0)
+    for p, a, b in zip(PROMPTS, fast, exact, strict=True):
+        assert a[len(p)] == b[len(p)]

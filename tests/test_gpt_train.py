@@ -15,6 +15,9 @@ from bertjax import config_lib, train
 from bertjax.generate import generate
 from bertjax.generate_cli import load_model
 
+# One tiny training run (~30 s on 2 cores) shared by the tests of this module.
+pytestmark = pytest.mark.slow
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 VOCAB = 512
 

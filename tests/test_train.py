@@ -44,6 +44,11 @@ def tiny_config(**overrides):
     return config_lib.load(CONFIG, {**TINY, **overrides})
 
 
+def one_device():
+    """A 1-device mesh: compiles fastest (the mesh tests below use 8 devices)."""
+    return jax.devices()[:1]
+
+
 def read_metrics(workdir):
     return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
@@ -54,9 +59,9 @@ def test_tiny_config_end_to_end(tmp_path):
         eval_every=8,
         checkpoint_every=8,
         log_every=2,
-        **{"optim.learning_rate": 5e-3, "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2},
+        **{"optim.learning_rate": 5e-3},
     )
-    result = train.run(config, tmp_path)
+    result = train.run(config, tmp_path, devices=one_device())
     assert result.step == 16
     records = read_metrics(tmp_path)
     assert [r["step"] for r in records] == [2, 4, 6, 8, 10, 12, 14, 16]
@@ -77,7 +82,7 @@ def test_tiny_config_end_to_end(tmp_path):
     assert ckpt.all_steps() == [8, 16]
     ckpt.close()
     # Starting again on a finished run resumes at the end and does nothing.
-    again = train.run(config, tmp_path)
+    again = train.run(config, tmp_path, devices=one_device())
     assert again.step == 16 and again.records == []
     assert len(read_metrics(tmp_path)) == len(records)
 
@@ -115,8 +120,9 @@ def test_sharded_mesh_gives_the_losses_of_one_device(tmp_path):
 def test_gradient_accumulation_matches_the_full_batch(tmp_path):
     results = {}
     for accum in (1, 2):
+        # Two devices: each microbatch of 4 rows is split over both.
         config = tiny_config(total_steps=2, **{"optim.grad_accum_steps": accum})
-        results[accum] = train.run(config, tmp_path / str(accum)).records
+        results[accum] = train.run(config, tmp_path / str(accum), devices=jax.devices()[:2]).records
     # Same examples, same start: the accumulated gradient is the mean of the two microbatch
     # gradients, which differs from the full batch only by the MLM normalisation per microbatch.
     for a, b in zip(results[1], results[2], strict=True):
@@ -126,12 +132,12 @@ def test_gradient_accumulation_matches_the_full_batch(tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
-    train.run(tiny_config(total_steps=2, checkpoint_every=2), tmp_path)
+    train.run(tiny_config(total_steps=2, checkpoint_every=2), tmp_path, devices=one_device())
     good = checkpointing.restore_params(tmp_path)
     # Resume with an infinite learning rate: the step after the checkpoint blows up.
     bad = tiny_config(total_steps=6, checkpoint_every=1, **{"optim.learning_rate": float("inf")})
     with pytest.raises(train.NonFiniteLossError) as e:
-        train.run(bad, tmp_path)
+        train.run(bad, tmp_path, devices=one_device())
     message = str(e.value)
     assert "step 3" in message and "last good checkpoint is step 2" in message
     ckpt = checkpointing.Checkpointer(tmp_path, keep=3)
@@ -152,9 +158,9 @@ def test_batch_the_mesh_cannot_divide_names_both(tmp_path):
 
 
 def test_dry_run_reports_params_memory_and_flops_without_training(tmp_path, capsys):
-    config = tiny_config(**{"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2})
-    report = train.run(config, tmp_path, dry_run=True).dry_run
-    assert report["devices"] == 8
+    config = tiny_config(**{"mesh.data": 1, "mesh.fsdp": 2})
+    report = train.run(config, tmp_path, dry_run=True, devices=jax.devices()[:2]).dry_run
+    assert report["devices"] == 2 and report["mesh"] == {"data": 1, "fsdp": 2, "tensor": 1}
     assert report["params"] > 30_000
     assert report["flops_per_step_per_device"] > 0
     assert report["peak_bytes_per_device_estimate"] > 0

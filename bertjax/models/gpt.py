@@ -77,12 +77,16 @@ class GPTLMHeadModel(nn.Module):
             positions = batch.get("positions")
             if positions is None:
                 positions = jnp.arange(length)[None, :]
-            mask = layers.make_attention_mask(
-                length,
-                batch.get("attention_mask"),
-                causal=True,
-                segment_ids=batch.get("segment_ids"),
-            )
+            padding, segments = batch.get("attention_mask"), batch.get("segment_ids")
+            if padding is None:
+                # Structured, so that a fused kernel (cuDNN) can use is_causal and skip blocks.
+                mask = layers.AttentionMask(segment_ids=segments, causal=True)
+            else:
+                # Dense: a padding mask may be left padding (as for Hugging Face generation),
+                # which the fused path's per-row key lengths cannot express.
+                mask = layers.make_attention_mask(
+                    length, padding, causal=True, segment_ids=segments
+                )
 
         word_embeddings = self._embed(cfg.vocab_size, ("vocab", "embed"), "word_embeddings")
         position_embeddings = self._embed(

@@ -8,6 +8,7 @@ second head predicts sentence order instead (same labels layout); with ``"none"`
 
 from __future__ import annotations
 
+import pathlib
 from typing import Any
 
 import jax
@@ -16,7 +17,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from bertjax import models
+from bertjax import checkpointing, models
 from bertjax.tasks.base import HostInfo, Task, TaskData
 
 VOCAB_MULTIPLE = 128
@@ -168,6 +169,25 @@ def eval_summary(config, outputs: dict[str, np.ndarray]) -> dict[str, float]:
     return summary
 
 
+def init_params(config: ml_collections.ConfigDict, model_cfg: models.ModelConfig, params: Any):
+    """Fresh params, or those of ``config.init_from`` (continued pretraining, phase 2).
+
+    ``init_from`` is a bertjax run directory or checkpoint, or a Hugging Face
+    BertForPreTraining directory (config.json + model.safetensors). Only the params are taken:
+    the optimizer, step and schedule start afresh (as google-research/bert's init_checkpoint).
+    The loop checks that every shape fits the configured model.
+    """
+    path = config.get("init_from", "")
+    if not path:
+        return params
+    if (pathlib.Path(path) / "config.json").is_file():
+        from bertjax.convert import from_hf
+
+        _, loaded = from_hf(path, head="pretraining")
+        return loaded
+    return checkpointing.restore_params(path)
+
+
 TASK = Task(
     name="bert_pretrain",
     build_data=build_data,
@@ -176,4 +196,5 @@ TASK = Task(
     loss_fn=loss_fn,
     eval_step=eval_step,
     eval_summary=eval_summary,
+    init_params=init_params,
 )

@@ -613,6 +613,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", default="", help=f"comma-separated, of {sorted(ROWS)}")
     parser.add_argument("--batch_sizes", default="", help="override the rows' batch sizes")
     parser.add_argument(
+        "--configs",
+        default="",
+        help="explicit row:batch list, run in this order (e.g. bert_base:256,gpt2_small:32); "
+        "overrides --rows and --batch_sizes",
+    )
+    parser.add_argument(
+        "--time_budget",
+        type=float,
+        default=0,
+        help="seconds: start no new row after this much time (the table says what was skipped)",
+    )
+    parser.add_argument(
         "--devices",
         default="",
         help="device counts of the bertjax mesh to run, e.g. '1,all' (default: CPU '1,all', "
@@ -653,10 +665,23 @@ def main(argv: list[str] | None = None) -> None:
     on_cpu = plat == "cpu"
     args.dtype = args.dtype or ("float32" if on_cpu else "bfloat16")
     args.steps = args.steps or (3 if on_cpu else 20)
-    rows = (args.rows or ",".join(CPU_ROWS if on_cpu else ACCELERATOR_ROWS)).split(",")
-    unknown = [r for r in rows if r not in ROWS]
+    if args.configs:
+        plan = []
+        for item in args.configs.split(","):
+            name, _, size = item.partition(":")
+            plan.append((name, int(size) if size else 0))
+    else:
+        names = (args.rows or ",".join(CPU_ROWS if on_cpu else ACCELERATOR_ROWS)).split(",")
+        sizes = [int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes else [0]
+        plan = [(name, size) for name in names for size in sizes]
+    unknown = sorted({name for name, _ in plan if name not in ROWS})
     if unknown:
         parser.error(f"unknown row(s) {unknown}; known: {sorted(ROWS)}")
+    plan = [
+        (name, size)
+        for name, batch in plan
+        for size in ([batch] if batch else ROWS[name].batch_sizes)
+    ]
     device_counts = []
     for item in (args.devices or ("1,all" if on_cpu else "all")).split(","):
         n = total_devices if item == "all" else int(item)
@@ -707,22 +732,26 @@ def main(argv: list[str] | None = None) -> None:
         "steps": args.steps,
         "warmup": args.warmup,
     }
-    results = []
-    for name in rows:
+    results: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    for name, batch in plan:
         row = ROWS[name]
-        sizes = row.batch_sizes
-        if args.batch_sizes:
-            sizes = tuple(int(b) for b in args.batch_sizes.split(","))
-        for batch in sizes:
-            try:
-                row_results = run_row(row, batch, args, peaks, device_counts)
-            except Exception as e:  # e.g. out of memory at the largest batch: report it, go on
-                print(f"{name} batch {batch}: FAILED: {type(e).__name__}: {e}", flush=True)
-                error = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
-                row_results = [{"row": name, "batch": batch, "seq": row.seq, "error": error}]
-            for result in row_results:
-                print(result, flush=True)
-            results.extend(row_results)
+        if args.time_budget and time.perf_counter() - start > args.time_budget:
+            error = f"skipped: the time budget of {args.time_budget:.0f}s was spent"
+            results.append({"row": name, "batch": batch, "seq": row.seq, "error": error})
+            continue
+        try:
+            row_results = run_row(row, batch, args, peaks, device_counts)
+        except Exception as e:  # e.g. out of memory at the largest batch: report it, go on
+            print(f"{name} batch {batch}: FAILED: {type(e).__name__}: {e}", flush=True)
+            first_line = str(e).splitlines()[0][:300] if str(e) else ""
+            row_results = [{"row": name, "batch": batch, "seq": row.seq}]
+            row_results[0]["error"] = f"{type(e).__name__}: {first_line}"
+        for result in row_results:
+            print(result, flush=True)
+        results.extend(row_results)
+        if args.out:  # after every row, so that a run cut short keeps what it measured
+            pathlib.Path(args.out).write_text(format_table(results, header) + "\n")
     table = format_table(results, header)
     print(table, flush=True)
     if args.out:

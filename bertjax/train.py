@@ -349,72 +349,76 @@ def run(
                 fetched.append(host_values)
             pending = []
 
-        with _Preemption() as preemption:
-            while step < schedule.total_steps:
-                if preemption.reached(step):
-                    fetch_and_check()
-                    if last_saved != step:
-                        ckpt.save(step, state, data.train.get_state())
-                    ckpt.wait()
-                    logging.warning("preempted: saved step %d in %s", step, ckpt.directory)
-                    break
-                batch = sharding.global_batch(next(data.train), mesh, batch_size)
-                state, step_metrics = compiled_step(state, batch)
-                step += 1
-                pending.append((step, step_metrics))
-                if timer_start is None:  # time from the end of the first (compiling) step
-                    jax.block_until_ready(step_metrics)
-                    timer_start, timer_steps, excluded = time.time(), 0, 0.0
-                else:
-                    timer_steps += 1
+        try:
+            with _Preemption() as preemption:
+                while step < schedule.total_steps:
+                    if preemption.reached(step):
+                        fetch_and_check()
+                        if last_saved != step:
+                            ckpt.save(step, state, data.train.get_state())
+                        ckpt.wait()
+                        logging.warning("preempted: saved step %d in %s", step, ckpt.directory)
+                        break
+                    batch = sharding.global_batch(next(data.train), mesh, batch_size)
+                    state, step_metrics = compiled_step(state, batch)
+                    step += 1
+                    pending.append((step, step_metrics))
+                    if timer_start is None:  # time from the end of the first (compiling) step
+                        jax.block_until_ready(step_metrics)
+                        timer_start, timer_steps, excluded = time.time(), 0, 0.0
+                    else:
+                        timer_steps += 1
 
-                last = step == schedule.total_steps
-                do_log = step % config.log_every == 0 or last
-                do_eval = schedule.eval_every >= 0 and (
-                    last or (schedule.eval_every > 0 and step % schedule.eval_every == 0)
-                )
-                do_save = step % config.checkpoint_every == 0 or last
-                if not (do_log or do_eval or do_save):
-                    continue
-                fetch_and_check()
-                record: dict[str, Any] = {}
-                if do_log and fetched:
-                    record.update({k: float(np.mean([f[k] for f in fetched])) for k in fetched[0]})
-                    fetched.clear()
-                    elapsed = time.time() - timer_start - excluded
-                    if timer_steps > 0 and elapsed > 0:
-                        steps_per_sec = timer_steps / elapsed
-                        record["steps_per_sec"] = steps_per_sec
-                        record["examples_per_sec"] = steps_per_sec * batch_size
-                        if seq_len:
-                            record["tokens_per_sec"] = steps_per_sec * batch_size * seq_len
-                        if peak and step_flops:
-                            record["mfu"] = steps_per_sec * step_flops / (peak * mesh.size)
-                    timer_start, timer_steps, excluded = time.time(), 0, 0.0
-                    metrics.log_console(
-                        metrics.progress_line(
-                            step, schedule.total_steps, record, record.get("steps_per_sec", 0)
-                        )
+                    last = step == schedule.total_steps
+                    do_log = step % config.log_every == 0 or last
+                    do_eval = schedule.eval_every >= 0 and (
+                        last or (schedule.eval_every > 0 and step % schedule.eval_every == 0)
                     )
-                paused = time.time()
-                if do_eval:
-                    eval_record = _evaluate(task, config, data, jit_eval_step, state, mesh)
-                    record.update(eval_record)
-                    metrics.log_console(f"eval at step {step}: {_short(eval_record)}")
-                    if best is not None and best.maybe_save(step, state["params"], eval_record):
-                        metrics.log_console(f"new best {best.metric} = {best.best_value:.4f}")
-                if record:
-                    writer.write(step, record)
-                    records.append({"step": step, **record})
-                if do_save:
-                    ckpt.save(step, state, data.train.get_state())
-                    last_saved = step
-                excluded += time.time() - paused
+                    do_save = step % config.checkpoint_every == 0 or last
+                    if not (do_log or do_eval or do_save):
+                        continue
+                    fetch_and_check()
+                    record: dict[str, Any] = {}
+                    if do_log and fetched:
+                        record.update(
+                            {k: float(np.mean([f[k] for f in fetched])) for k in fetched[0]}
+                        )
+                        fetched.clear()
+                        elapsed = time.time() - timer_start - excluded
+                        if timer_steps > 0 and elapsed > 0:
+                            steps_per_sec = timer_steps / elapsed
+                            record["steps_per_sec"] = steps_per_sec
+                            record["examples_per_sec"] = steps_per_sec * batch_size
+                            if seq_len:
+                                record["tokens_per_sec"] = steps_per_sec * batch_size * seq_len
+                            if peak and step_flops:
+                                record["mfu"] = steps_per_sec * step_flops / (peak * mesh.size)
+                        timer_start, timer_steps, excluded = time.time(), 0, 0.0
+                        metrics.log_console(
+                            metrics.progress_line(
+                                step, schedule.total_steps, record, record.get("steps_per_sec", 0)
+                            )
+                        )
+                    paused = time.time()
+                    if do_eval:
+                        eval_record = _evaluate(task, config, data, jit_eval_step, state, mesh)
+                        record.update(eval_record)
+                        metrics.log_console(f"eval at step {step}: {_short(eval_record)}")
+                        if best is not None and best.maybe_save(step, state["params"], eval_record):
+                            metrics.log_console(f"new best {best.metric} = {best.best_value:.4f}")
+                    if record:
+                        writer.write(step, record)
+                        records.append({"step": step, **record})
+                    if do_save:
+                        ckpt.save(step, state, data.train.get_state())
+                        last_saved = step
+                    excluded += time.time() - paused
 
-        ckpt.close()
-        if best is not None:
-            best.close()
-        writer.close()
+        finally:  # also on a non-finite loss: finish the saves of good states, close files
+            ckpt.close()
+            if best is not None:
+                best.close()
+            writer.close()
     return RunResult(step=step, state=state, records=records)
 
 

@@ -32,6 +32,7 @@ from bertjax.data import embedded_corpus, sources
 from bertjax.data.cleaning import CleaningStats, Document, clean_documents, document_hash
 from bertjax.data.instances import InstanceSpans, TokenizedCorpus, assemble_batch, create_instances
 from bertjax.data.masking import MaskingConfig, mask_batch
+from bertjax.data.packing import assemble_packed_batch, first_fit, instance_lengths
 from bertjax.data.settings import DataSettings
 from bertjax.data.tokenizer import WordPieceTokenizer, train_wordpiece_vocab
 
@@ -120,6 +121,33 @@ class Batcher:
         )
         return mask_batch(rows, self.masking, rng)
 
+    def packed(
+        self, tokens: np.ndarray, spans: InstanceSpans, rng: np.random.Generator, num_rows: int
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """`num_rows` packed rows from the window `spans` (`bertjax.data.packing`); returns the
+        masked batch and the indices (into the window) of the instances it holds."""
+        settings = self.settings
+        placement = first_fit(
+            instance_lengths(spans),
+            num_rows=num_rows,
+            max_seq_length=settings.max_seq_length,
+            max_instances_per_row=settings.max_instances_per_row,
+        )
+        packed = assemble_packed_batch(
+            tokens,
+            spans,
+            placement,
+            num_rows=num_rows,
+            max_seq_length=settings.max_seq_length,
+            max_instances_per_row=settings.max_instances_per_row,
+            cls_id=self.cls_id,
+            sep_id=self.sep_id,
+            pad_id=self.pad_id,
+        )
+        batch = mask_batch(packed.assembled, self.masking, rng)
+        batch.update(packed.extra_keys())
+        return batch, placement.index
+
 
 class PretrainingIterator(grain.DatasetIterator):
     """Infinite iterator of this host's masked batches; its state is `{epoch, index, fingerprint}`.
@@ -148,29 +176,68 @@ class PretrainingIterator(grain.DatasetIterator):
         self._fingerprint = fingerprint
         self._epoch = 0
         self._index = 0
+        # Packing only: positions (epoch, index) of instances an earlier batch had no room for.
+        self._deferred: list[tuple[int, int]] = []
+        self._packing = batcher.settings.pack_sequences
 
     def __next__(self) -> dict[str, np.ndarray]:
-        epoch, index = self._epoch, self._index
-        rng = np.random.default_rng(seed_int("mask", *self._seed_parts, epoch, index))
+        rng = np.random.default_rng(seed_int("mask", *self._seed_parts, self._epoch, self._index))
+        if not self._packing:
+            tokens, spans = self._fetch(self._epoch, self._index, self._batch_size)
+            batch = self._batcher(tokens, spans, rng)
+            self._epoch, self._index = self._advance(self._epoch, self._index, self._batch_size)
+            return batch
+        # A window of B * K instances: the deferred ones first, then new ones (see packing.py).
+        window = self._batch_size * self._batcher.settings.max_instances_per_row
+        new = window - len(self._deferred)  # >= B: every batch places at least B instances
+        positions = self._deferred + self._positions(self._epoch, self._index, new)
+        parts = [self._source.fetch(e, i, i + 1) for e, i in self._deferred]
+        parts.append(self._fetch(self._epoch, self._index, new))
+        tokens, spans = _merge(parts)
+        batch, placed = self._batcher.packed(tokens, spans, rng, self._batch_size)
+        left = np.ones(len(positions), bool)
+        left[placed] = False
+        self._deferred = [positions[j] for j in np.flatnonzero(left)]
+        self._epoch, self._index = self._advance(self._epoch, self._index, new)
+        return batch
+
+    def _positions(self, epoch: int, index: int, count: int) -> list[tuple[int, int]]:
+        """The (epoch, index) of each of the `count` instances from (epoch, index) on."""
+        out: list[tuple[int, int]] = []
+        while len(out) < count:
+            size = self._source.epoch_size(epoch)
+            take = min(count - len(out), size - index)
+            out.extend((epoch, i) for i in range(index, index + take))
+            epoch, index = (epoch + 1, 0) if index + take == size else (epoch, index + take)
+        return out
+
+    def _fetch(self, epoch: int, index: int, count: int) -> tuple[np.ndarray, InstanceSpans]:
+        """`count` instances from position (epoch, index) on, running into later epochs."""
         parts: list[tuple[np.ndarray, InstanceSpans]] = []
-        need = self._batch_size
-        while need:
+        while count:
             size = self._source.epoch_size(epoch)
             if size == 0:
                 raise RuntimeError(f"epoch {epoch} has no instances")
-            take = min(need, size - index)
+            take = min(count, size - index)
             parts.append(self._source.fetch(epoch, index, index + take))
-            need -= take
-            index += take
-            if index == size:
-                epoch, index = epoch + 1, 0
-        tokens, spans = _merge(parts)
-        batch = self._batcher(tokens, spans, rng)
-        self._epoch, self._index = epoch, index
-        return batch
+            count -= take
+            epoch, index = (epoch + 1, 0) if index + take == size else (epoch, index + take)
+        return _merge(parts)
+
+    def _advance(self, epoch: int, index: int, count: int) -> tuple[int, int]:
+        """The position `count` instances after (epoch, index)."""
+        while count:
+            size = self._source.epoch_size(epoch)
+            take = min(count, size - index)
+            count -= take
+            epoch, index = (epoch + 1, 0) if index + take == size else (epoch, index + take)
+        return epoch, index
 
     def get_state(self) -> dict[str, Any]:
-        return {"epoch": self._epoch, "index": self._index, "fingerprint": self._fingerprint}
+        state = {"epoch": self._epoch, "index": self._index, "fingerprint": self._fingerprint}
+        if self._packing:
+            state["deferred"] = [list(p) for p in self._deferred]
+        return state
 
     def set_state(self, state: dict[str, Any]) -> None:
         for key in ("epoch", "index", "fingerprint"):
@@ -185,7 +252,13 @@ class PretrainingIterator(grain.DatasetIterator):
         epoch, index = int(state["epoch"]), int(state["index"])
         if epoch < 0 or not 0 <= index < max(1, self._source.epoch_size(epoch)):
             raise ValueError(f"data iterator state out of range: epoch={epoch} index={index}")
-        self._epoch, self._index = epoch, index
+        deferred = [(int(e), int(i)) for e, i in state.get("deferred", [])]
+        if deferred and not self._packing:
+            raise ValueError(
+                "data iterator state holds deferred packed instances, but data.pack_sequences "
+                "is off"
+            )
+        self._epoch, self._index, self._deferred = epoch, index, deferred
 
     def __repr__(self) -> str:
         return f"PretrainingIterator(epoch={self._epoch}, index={self._index})"

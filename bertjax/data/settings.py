@@ -39,13 +39,19 @@ class DataSettings:
     min_document_chars: int = 20
     dedup_documents: bool = True
     unicode_errors: str = "strict"  # "strict" | "replace"
+    # Sequence packing (bertjax/data/packing.py): several instances per training row, so that
+    # padding is not paid for; rows then carry segment_ids, position_ids, cls_positions and
+    # [B, K] NSP labels/weights. Eval batches stay unpacked.
+    pack_sequences: bool = False
+    max_instances_per_row: int = 4  # K: instances a packed row may hold
 
     @classmethod
     def from_config(cls, data_config: ml_collections.ConfigDict | dict[str, Any]) -> DataSettings:
         """Validates `config.data`; unknown, missing or bad values raise an error naming the key.
 
         Keys added after the first config files (`tfds_data_dir`, `tfds_text_key`,
-        `prepared_dir`) may be absent and take their defaults.
+        `prepared_dir`, `pack_sequences`, `max_instances_per_row`) may be absent and take their
+        defaults.
         """
         values = dict(data_config.items()) if data_config is not None else {}
         known = {f.name for f in dataclasses.fields(cls)}
@@ -55,7 +61,13 @@ class DataSettings:
                 f"unknown key(s) in config.data: {', '.join('data.' + k for k in unknown)}; "
                 f"known keys: {', '.join(sorted(known))}"
             )
-        optional = {"tfds_data_dir", "tfds_text_key", "prepared_dir"}
+        optional = {
+            "tfds_data_dir",
+            "tfds_text_key",
+            "prepared_dir",
+            "pack_sequences",
+            "max_instances_per_row",
+        }
         missing = sorted(known - set(values) - optional)
         if missing:
             raise KeyError(f"config.data lacks key(s): {', '.join('data.' + k for k in missing)}")
@@ -90,6 +102,7 @@ class DataSettings:
         self._check("dupe_factor", self.dupe_factor >= 1, ">= 1")
         self._check("min_document_chars", self.min_document_chars >= 0, ">= 0")
         self._check("vocab_size", self.vocab_size >= 16, ">= 16")
+        self._check("max_instances_per_row", self.max_instances_per_row >= 1, ">= 1")
         if self.source == "text_files" and not self.text_files.strip():
             raise ValueError("data.source='text_files' needs data.text_files (a path or glob)")
         if self.source == "tfds" and not self.tfds_name:

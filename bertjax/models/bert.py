@@ -55,14 +55,21 @@ class BertEmbeddings(nn.Module):
         self.layer_norm = layers.LayerNorm(cfg.layer_norm_eps, cfg.compute_dtype, cfg.params_dtype)
         self.dropout = nn.Dropout(cfg.hidden_dropout)
 
-    def __call__(self, input_ids: Array, token_type_ids: Array, deterministic: bool) -> Array:
+    def __call__(
+        self,
+        input_ids: Array,
+        token_type_ids: Array,
+        deterministic: bool,
+        position_ids: Array | None = None,
+    ) -> Array:
         length = input_ids.shape[1]
         if length > self.cfg.max_position_embeddings:
             raise ValueError(
                 f"sequence length {length} > max_position_embeddings "
                 f"{self.cfg.max_position_embeddings}"
             )
-        positions = jnp.arange(length)[None, :]
+        # Packed rows restart the positions at each sequence's [CLS].
+        positions = jnp.arange(length)[None, :] if position_ids is None else position_ids
         x = (
             self.word_embeddings(input_ids)
             + self.position_embeddings(positions)
@@ -88,7 +95,9 @@ class BertEncoder(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array | None, deterministic: bool) -> Array:
+    def __call__(
+        self, x: Array, mask: layers.AttentionMask | Array | None, deterministic: bool
+    ) -> Array:
         layer = layers.layer_class(self.cfg)
         for i in range(self.cfg.num_layers):
             x = layer(self.cfg, pre_ln=False, name=f"layer_{i}")(x, mask, deterministic)
@@ -96,16 +105,16 @@ class BertEncoder(nn.Module):
 
 
 class BertPooler(nn.Module):
-    """tanh(W h_[CLS] + b): the pooled sequence representation."""
+    """tanh(W h_[CLS] + b): the pooled sequence representation of each [CLS] hidden state."""
 
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, hidden: Array) -> Array:
+    def __call__(self, cls_hidden: Array) -> Array:
         # A square kernel names its output axis "mlp" so that the two axes never map to the
         # same mesh axis.
         dense = layers.dense(self.cfg, self.cfg.hidden_size, ("embed", "mlp"), name="dense")
-        return jnp.tanh(dense(hidden[:, 0]))
+        return jnp.tanh(dense(cls_hidden))
 
 
 class BertMLMHead(nn.Module):
@@ -129,7 +138,13 @@ class BertMLMHead(nn.Module):
 
 
 class BertModel(nn.Module):
-    """The BERT backbone: returns {"hidden_states": [B, T, H], "pooled": [B, H]}."""
+    """The BERT backbone: returns {"hidden_states": [B, T, H], "pooled": [B, H]}.
+
+    Packed rows (several sequences per row, `bertjax.data.packing`) add batch keys
+    `segment_ids` [B, T] (attention stays within equal ids), `position_ids` [B, T] (restarting
+    at each sequence) and `cls_positions` [B, K] (each sequence's [CLS]); "pooled" is then
+    [B, K, H], one per packed sequence.
+    """
 
     cfg: ModelConfig
 
@@ -144,12 +159,24 @@ class BertModel(nn.Module):
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
         deterministic = not train
-        x = self.embeddings(input_ids, token_type_ids, deterministic)
-        mask = layers.make_attention_mask(input_ids.shape[1], batch.get("attention_mask"))
+        x = self.embeddings(input_ids, token_type_ids, deterministic, batch.get("position_ids"))
+        # Structured, so that cuDNN's fused attention takes the padding as key lengths
+        # (right-padded rows, as every bertjax pipeline and Hugging Face tokenizer make them).
+        mask = None
+        if batch.get("attention_mask") is not None or batch.get("segment_ids") is not None:
+            mask = layers.AttentionMask(
+                key_padding=batch.get("attention_mask"), segment_ids=batch.get("segment_ids")
+            )
         hidden = self.encoder(x, mask, deterministic)
         if not pool:
             return {"hidden_states": hidden}
-        return {"hidden_states": hidden, "pooled": self.pooler(hidden)}
+        cls_positions = batch.get("cls_positions")
+        if cls_positions is None:
+            cls_hidden = hidden[:, 0]
+        else:
+            index = cls_positions[:, :, None].astype(jnp.int32)
+            cls_hidden = jnp.take_along_axis(hidden, index, axis=1)
+        return {"hidden_states": hidden, "pooled": self.pooler(cls_hidden)}
 
     def __call__(self, batch: Batch, train: bool = False) -> dict[str, Array]:
         return self.encode(batch, train)
@@ -160,7 +187,8 @@ class BertForPreTraining(BertModel):
 
     Adds "mlm_logits" ([B, T, V], or [B, P, V] at batch["masked_lm_positions"] when present:
     the hidden states are gathered BEFORE the MLM transform so its cost is paid only at the
-    masked positions) and "nsp_logits" [B, 2] (0 = IsNext, 1 = random), both float32.
+    masked positions) and "nsp_logits" [B, 2] (0 = IsNext, 1 = random; [B, K, 2] for packed
+    rows), both float32.
     """
 
     def setup(self) -> None:

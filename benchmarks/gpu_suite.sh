@@ -15,14 +15,16 @@
 #      model), bf16 compute, float32 master weights, next to transformers (bf16 autocast, SDPA,
 #      fused AdamW) on the same GPU; MFU against 989 TFLOP/s (datasheet) and the 8192^3 bf16
 #      matmul rate it measures first;
-#   4. writes the table to stdout and to $OUT/gpu_table.md (and the logs to $OUT/).
+#   4. profiles the largest batch of each model (a jax.profiler trace and the compiled HLO in
+#      $OUT/profile/, and a summary of where the step's time goes in the log);
+#   5. writes the table to stdout and to $OUT/gpu_table.md (and the logs to $OUT/).
 #
 # With the lent-device tool:  run(command="bash benchmarks/gpu_suite.sh", carry=[".whl"],
 # timeout_s=600) after `bash benchmarks/gpu_suite.sh prepare` here (.whl/ is in .gitignore, so
 # it travels only when carried). Environment knobs: PYTHON (default
 # python3), OUT (default /tmp/bertjax_gpu), CONFIGS (row:batch list), TIME_BUDGET (seconds
 # after which no new row starts, default 330), ROUNDS, STEPS, TORCH_INDEX_URL (where pip finds
-# CUDA torch wheels, if torch must be installed).
+# CUDA torch wheels, if torch must be installed), CPU_SMOKE=1 (try the script without a GPU).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -65,11 +67,14 @@ if [[ -n "$missing" ]]; then
     "$PYTHON" -m pip install -q -r requirements.txt || { log "cannot install $missing"; exit 1; }
   fi
 fi
-if ! "$PYTHON" -c "import jax, sys; sys.exit(jax.default_backend() != 'gpu')" 2>/dev/null; then
+if [[ -n "${CPU_SMOKE:-}" ]]; then
+  log "CPU_SMOKE set: no GPU installs (a dry run of this script on a machine without a GPU)"
+elif ! "$PYTHON" -c "import jax, sys; sys.exit(jax.default_backend() != 'gpu')" 2>/dev/null; then
   log "jax has no GPU backend here: installing jax[cuda12]"
   "$PYTHON" -m pip install -q -U "jax[cuda12]" || { log "cannot install jax[cuda12]"; exit 1; }
 fi
-if ! "$PYTHON" -c "import torch, sys; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then
+if [[ -z "${CPU_SMOKE:-}" ]] &&
+  ! "$PYTHON" -c "import torch, sys; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then
   log "torch has no CUDA here: installing a CUDA build of torch"
   "$PYTHON" -m pip install -q -U torch ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} ||
     { log "cannot install torch with CUDA"; exit 1; }
@@ -77,7 +82,8 @@ fi
 "$PYTHON" - <<'EOF' 2>&1 | tee "$OUT/environment.txt"
 import jax, torch, transformers, flax, optax
 print("jax", jax.__version__, jax.devices())
-print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0))
+gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+print("torch", torch.__version__, "cuda", torch.version.cuda, gpu)
 print("transformers", transformers.__version__, "flax", flax.__version__, "optax", optax.__version__)
 EOF
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,power.draw --format=csv \
@@ -94,9 +100,11 @@ fi
 log "train-step benchmark: $CONFIGS"
 timeout $((TIME_BUDGET + 120)) "$PYTHON" benchmarks/train_speed.py \
   --configs="$CONFIGS" --rounds="$ROUNDS" --steps="$STEPS" --warmup=3 \
-  --time_budget="$TIME_BUDGET" --out="$OUT/gpu_table.md" 2>&1 | tee "$OUT/train_speed.log" |
+  --time_budget="$TIME_BUDGET" --out="$OUT/gpu_table.md" \
+  --profile="$OUT/profile" --profile_rows=bert_base:256,bert_large:32,gpt2_small:32 \
+  2>&1 | tee "$OUT/train_speed.log" |
   grep -v -E "^(W|I)[0-9]{4} " || true
 
-# ----------------------------------------------------------------------------- 4. the table
+# ----------------------------------------------------------------------------- 5. the table
 log "results ($OUT/gpu_table.md)"
 cat "$OUT/gpu_table.md" 2>/dev/null || { log "no table was written"; exit 1; }

@@ -135,18 +135,49 @@ def flops_per_step(row: Row, batch: int) -> float:
     return 3.0 * forward
 
 
+def matmul_flops(fn: Callable[..., Any], *args: Any) -> float:
+    """FLOPs of every dot_general in the jaxpr of `fn(*args)` (2 per multiply-add).
+
+    Counts what the program really multiplies (transposes, scans and remat included, the
+    while-loops of gradient accumulation times their trip count), to check `flops_per_step`.
+    """
+    import jax
+
+    try:
+        from jax.extend.core import jaxprs_in_params
+    except ImportError:  # older jax
+        jaxprs_in_params = jax.core.jaxprs_in_params
+
+    def count(jaxpr) -> float:
+        total = 0.0
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "dot_general":
+                (lhs_contract, _), _ = eqn.params["dimension_numbers"]
+                lhs = eqn.invars[0].aval.shape
+                contract = np.prod([lhs[d] for d in lhs_contract])
+                out = np.prod(eqn.outvars[0].aval.shape)
+                total += 2.0 * float(out) * float(contract)
+            for sub in jaxprs_in_params(eqn.params):
+                mult = eqn.params.get("length", 1) if eqn.primitive.name == "scan" else 1
+                total += mult * count(sub)
+        return total
+
+    return count(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
 # ------------------------------------------------------------------------------------ batches
 
 
 def make_batches(row: Row, batch: int, count: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
     """`count` different host batches of full-length rows (see the module docstring)."""
     rng = np.random.default_rng(seed)
+    low = min(1000, row.vocab // 2)  # ordinary tokens, above BERT's special ids (101..103)
     out = []
     for _ in range(count):
-        ids = rng.integers(1000, row.vocab, (batch, row.seq), dtype=np.int32)
+        ids = rng.integers(low, row.vocab, (batch, row.seq), dtype=np.int32)
         if row.family == "gpt":
             targets = np.roll(ids, -1, axis=1)
-            targets[:, -1] = rng.integers(1000, row.vocab, batch)
+            targets[:, -1] = rng.integers(low, row.vocab, batch)
             out.append({"input_ids": ids, "targets": targets.astype(np.int32)})
             continue
         boundary = rng.integers(row.seq // 4, 3 * row.seq // 4, batch)
@@ -246,6 +277,10 @@ class BertjaxRunner:
 
     def last_loss(self) -> float:
         return float(self.metrics["loss"])
+
+    def hlo_text(self) -> str:
+        """The optimized HLO of the compiled train step."""
+        return self.trainer.step.as_text()
 
 
 def _build_trainer_fallback(config, task, model_cfg, model, mesh):
@@ -539,7 +574,8 @@ def format_table(results: list[dict[str, Any]], header: dict[str, Any]) -> str:
         f"peak: {header['peak']}",
         f"command: {header['command']}",
         f"medians of {header['rounds']} alternating rounds of {header['steps']} steps "
-        f"(after {header['warmup']} warm-up steps); FLOPs per step by the formula in "
+        f"(after {header['warmup']} warm-up steps); ratio = median over rounds of bertjax "
+        "steps/s over transformers steps/s; FLOPs per step by the formula in "
         "benchmarks/train_speed.py (6N per token over the matmuls actually computed + attention)",
         "",
         "| " + " | ".join(c for c, _ in cols) + " |",
@@ -593,19 +629,90 @@ def run_row(row: Row, batch: int, args, peaks, device_counts: list[int]) -> list
         if "torch" in rates:
             tps = statistics.median(rates["torch"])
             result["torch steps/s"] = f"{tps:.3f}"
-            result["ratio"] = f"{sps / tps:.2f}x"
+            # Median of the per-round ratios: each round's two timings are minutes apart at
+            # most, so the machine's drifting load cancels out of each ratio.
+            ratios = [a / b for a, b in zip(rates[name], rates["torch"], strict=True)]
+            result["ratio"] = f"{statistics.median(ratios):.2f}x"
             result["torch rounds"] = [round(x, 4) for x in rates["torch"]]
             result["torch loss"] = runners["torch"].last_loss()
         results.append(result)
-    if args.profile:
+    wanted = {item for item in args.profile_rows.split(",") if item}
+    if args.profile and (not wanted or f"{row.name}:{batch}" in wanted):
         import jax
 
         for n in device_counts:
             path = pathlib.Path(args.profile) / f"{row.name}_b{batch}_d{n}"
-            with jax.profiler.trace(str(path)):
-                runners[f"bertjax@{n}"].run(args.steps)
+            runner = runners[f"bertjax@{n}"]
+            with jax.profiler.trace(str(path), create_perfetto_trace=True):
+                runner.run(args.steps)
+            (path / "train_step.hlo.txt").write_text(runner.hlo_text())
             results[device_counts.index(n)]["profile"] = str(path)
+            print(profile_summary(path, runner.hlo_text(), args.steps), flush=True)
     return results
+
+
+def profile_summary(path: pathlib.Path, hlo_text: str, steps: int, top: int = 25) -> str:
+    """Where a profiled step's time goes: the top ops, and the time by part of the model.
+
+    Reads the Perfetto trace that `jax.profiler.trace(create_perfetto_trace=True)` wrote and
+    names each op by the `op_name` metadata of the compiled HLO (XLA:CPU thunks and XLA:GPU
+    kernels are named after their HLO fusions; library kernels keep their own names).
+    """
+    import collections
+    import gzip
+    import json
+    import re
+
+    files = sorted(path.glob("**/*.trace.json.gz"))
+    if not files:
+        return f"profile {path}: no trace.json.gz written"
+    events = json.load(gzip.open(files[-1]))["traceEvents"]
+    op_names: dict[str, str] = {}
+    for line in hlo_text.splitlines():
+        m = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = .*?op_name=\"([^\"]*)\"", line)
+        if m:
+            op_names[m.group(1)] = m.group(2)
+    per_op: collections.Counter = collections.Counter()
+    for e in events:
+        if e.get("ph") == "X" and e.get("name") in op_names:
+            per_op[e["name"]] += e.get("dur", 0)
+    if not per_op:  # no event carries an HLO name: summarise by event name instead
+        skip = ("ThunkExecutor", "$", "PjRt", "Execute", "ExecuteHelper")
+        for e in events:
+            if e.get("ph") == "X" and not str(e.get("name", "")).startswith(skip):
+                per_op[e["name"]] += e.get("dur", 0)
+    total = sum(per_op.values()) or 1
+
+    def part(op: str) -> str:
+        where = "backward" if "transpose(jvp" in op else "forward"
+        for key, label in (
+            ("attention/query", "attention projections"),
+            ("attention/key", "attention projections"),
+            ("attention/value", "attention projections"),
+            ("attention/out", "attention projections"),
+            ("layer_norm", "layer norm"),
+            ("attention", "attention core"),
+            ("mlp/", "feed-forward"),
+            ("Dropout", "dropout"),
+            ("mlm", "MLM head + loss"),
+            ("embeddings", "embeddings"),
+        ):
+            if key in op:
+                return f"{label} ({where})"
+        if "jvp" in op:
+            return f"loss / LM head ({where})"
+        return "optimizer, metrics, other"
+
+    by_part: collections.Counter = collections.Counter()
+    for name, dur in per_op.items():
+        by_part[part(op_names.get(name, name))] += dur
+    lines = [f"profile {path}: {total / 1e3 / steps:.1f} ms of op time per step"]
+    lines += [f"  {100 * d / total:5.1f}%  {p}" for p, d in by_part.most_common()]
+    lines.append(f"  top {top} ops (ms per step):")
+    for name, dur in per_op.most_common(top):
+        op = op_names.get(name, "")
+        lines.append(f"  {dur / 1e3 / steps:8.2f}  {name[:40]:40s} {op[-90:]}")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -627,15 +734,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--devices",
         default="",
-        help="device counts of the bertjax mesh to run, e.g. '1,all' (default: CPU '1,all', "
-        "accelerators 'all')",
+        help="device counts of the bertjax mesh to run, e.g. '1,all' (default 'all': every "
+        "accelerator, or the one host CPU device unless --cpu_devices is set)",
     )
     parser.add_argument(
         "--cpu_devices",
         type=int,
         default=0,
-        help="host CPU devices for XLA (xla_force_host_platform_device_count; 0: one per core) "
-        "so that the mesh can be data parallel over the cores",
+        help="host CPU devices for XLA (xla_force_host_platform_device_count; 0: leave as is), "
+        "so that a mesh can be data parallel over the cores",
     )
     parser.add_argument("--steps", type=int, default=0, help="steps per round (0: auto)")
     parser.add_argument("--rounds", type=int, default=5)
@@ -649,16 +756,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--torch_compile", action="store_true", help="torch.compile the step")
     parser.add_argument("--measure_peak", choices=("auto", "yes", "no"), default="auto")
     parser.add_argument("--profile", default="", help="write a jax profiler trace per row here")
+    parser.add_argument(
+        "--profile_rows", default="", help="row:batch list to profile (default: every row)"
+    )
     parser.add_argument("--out", default="", help="also write the table (markdown) here")
     args = parser.parse_args(argv)
 
     cores = os.cpu_count() or 1
     threads = args.threads or cores
-    if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-        count = args.cpu_devices or cores
-        os.environ["XLA_FLAGS"] = (
-            os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={count}"
-        ).strip()
+    flags = os.environ.get("XLA_FLAGS", "")
+    if args.cpu_devices and "xla_force_host_platform_device_count" not in flags:
+        count = f"--xla_force_host_platform_device_count={args.cpu_devices}"
+        os.environ["XLA_FLAGS"] = f"{flags} {count}".strip()
     import jax
 
     plat, total_devices, kind = device_description()
@@ -683,7 +792,7 @@ def main(argv: list[str] | None = None) -> None:
         for size in ([batch] if batch else ROWS[name].batch_sizes)
     ]
     device_counts = []
-    for item in (args.devices or ("1,all" if on_cpu else "all")).split(","):
+    for item in (args.devices or "all").split(","):
         n = total_devices if item == "all" else int(item)
         if not 1 <= n <= total_devices:
             parser.error(f"--devices: {item} is not in [1, {total_devices}]")
@@ -711,8 +820,8 @@ def main(argv: list[str] | None = None) -> None:
     cpu_note = ""
     if on_cpu:
         cpu_note = (
-            f"; {cores} cores: torch {threads} threads; bertjax on 1 host device (XLA's "
-            f"intra-op threads over all cores) or data parallel over {total_devices} host devices"
+            f"; {cores} cores: torch {threads} threads, XLA's intra-op threads over all cores "
+            "(a mesh of several host devices runs data parallel over them)"
         )
     header = {
         "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),

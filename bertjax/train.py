@@ -36,7 +36,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec
 
-from bertjax import checkpointing, config_lib, metrics, optim, sharding, tasks
+from bertjax import checkpointing, config_lib, metrics, optim, profiling, sharding, tasks
 
 
 class NonFiniteLossError(RuntimeError):
@@ -338,6 +338,8 @@ def run(
         seq_len = batch_spec["input_ids"].shape[1] if "input_ids" in batch_spec else 0
         peak = metrics.peak_flops_per_device(mesh.devices.flat[0])
         step, last_saved = start, start if start else None
+        # config.profile_steps: a jax.profiler trace of some steps (bertjax/profiling.py).
+        profiler = profiling.StepProfiler(config.get("profile_steps", ""), workdir, start)
         timer_start, timer_steps, excluded = None, 0, 0.0
 
         def fetch_and_check() -> None:
@@ -360,8 +362,10 @@ def run(
                         logging.warning("preempted: saved step %d in %s", step, ckpt.directory)
                         break
                     batch = sharding.global_batch(next(data.train), mesh, batch_size)
+                    profiler.before_step(step + 1)
                     state, step_metrics = compiled_step(state, batch)
                     step += 1
+                    profiler.after_step(step, step_metrics)
                     pending.append((step, step_metrics))
                     if timer_start is None:  # time from the end of the first (compiling) step
                         jax.block_until_ready(step_metrics)
@@ -391,8 +395,8 @@ def run(
                             record["examples_per_sec"] = steps_per_sec * batch_size
                             if seq_len:
                                 record["tokens_per_sec"] = steps_per_sec * batch_size * seq_len
-                            if peak and step_flops:
-                                record["mfu"] = steps_per_sec * step_flops / (peak * mesh.size)
+                            if peak and step_flops:  # both per device
+                                record["mfu"] = steps_per_sec * step_flops / peak
                         timer_start, timer_steps, excluded = time.time(), 0, 0.0
                         metrics.log_console(
                             metrics.progress_line(
@@ -415,6 +419,7 @@ def run(
                     excluded += time.time() - paused
 
         finally:  # also on a non-finite loss: finish the saves of good states, close files
+            profiler.stop()
             ckpt.close()
             if best is not None:
                 best.close()

@@ -61,6 +61,7 @@ def get_config(phase: str = "phase1") -> ml_collections.ConfigDict:
     config.checkpoint_every = 200
     config.keep_checkpoints = 3
     config.nsp_weight = 1.0
+    config.profile_steps = ""  # e.g. "10,15": jax.profiler trace of steps 10-14
     config.init_from = ""
 
     config.optim = ml_collections.ConfigDict()

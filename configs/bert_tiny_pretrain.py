@@ -58,21 +58,22 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.unicode_errors = "strict"  # "strict" | "replace"
 
     # Training: sized to learn visibly in a few minutes on 2 CPU cores (masked-token accuracy
-    # from 0 to ~16%, eval perplexity from ~3000 to ~220; see docs/training.md).
+    # from 0 to ~15%, eval MLM perplexity from ~3000 to ~230; see docs/training.md).
     config.batch_size = 32  # global batch size
-    config.total_steps = 800
+    config.total_steps = 600
     config.log_every = 50
-    config.eval_every = 200  # steps; 0: only at the end; -1: never
+    config.eval_every = 150  # steps; 0: only at the end; -1: never
     config.eval_batches = 8
-    config.checkpoint_every = 200
+    config.checkpoint_every = 150
     config.keep_checkpoints = 3
     config.nsp_weight = 1.0  # lambda in L = L_MLM + lambda * L_NSP
+    config.profile_steps = ""  # e.g. "10,15": jax.profiler trace of steps 10-14
     config.init_from = ""  # a bertjax run/checkpoint or HF BertForPreTraining dir to start from
 
     config.optim = ml_collections.ConfigDict()
     config.optim.name = "adamw"  # "adamw" | "lamb"
     config.optim.learning_rate = 2e-3  # a small model takes a large step; 5e-3 stalls
-    config.optim.warmup_steps = 80
+    config.optim.warmup_steps = 60
     config.optim.weight_decay = 0.01
     config.optim.b1 = 0.9
     config.optim.b2 = 0.999

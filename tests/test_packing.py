@@ -77,7 +77,7 @@ def test_packed_rows_hold_each_instance_as_it_is_alone():
         np.testing.assert_array_equal(a.input_ids[r, o : o + n], alone.input_ids[i, :n])
         np.testing.assert_array_equal(a.token_type_ids[r, o : o + n], alone.token_type_ids[i, :n])
         np.testing.assert_array_equal(a.candidates[r, o : o + n], alone.candidates[i, :n])
-        np.testing.assert_array_equal(packed.position_ids[r, o : o + n], np.arange(n))
+        np.testing.assert_array_equal(packed.positions[r, o : o + n], np.arange(n))
         assert (packed.segment_ids[r, o : o + n] == s + 1).all()
         assert packed.cls_positions[r, s] == o and a.input_ids[r, o] == CLS
         assert a.next_sentence_labels[r, s] == alone.next_sentence_labels[i]
@@ -166,7 +166,7 @@ def test_packed_pipeline_keys_padding_and_resumable_state(bert_vocab):
     it = packed.train_iterator()
     batch = next(it)
     shapes = {k: v.shape for k, v in batch.items()}
-    assert shapes["input_ids"] == shapes["segment_ids"] == shapes["position_ids"] == (8, 256)
+    assert shapes["input_ids"] == shapes["segment_ids"] == shapes["positions"] == (8, 256)
     assert shapes["cls_positions"] == shapes["next_sentence_labels"] == (8, 4)
     assert shapes["next_sentence_weights"] == (8, 4) and shapes["masked_lm_positions"] == (8, 20)
     # The state: the window's new instances are placed or deferred, none lost.

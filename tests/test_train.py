@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
 
-from bertjax import checkpointing, config_lib, train
+from bertjax import checkpointing, config_lib, metrics, train
 
 CONFIG = "configs/bert_tiny_pretrain.py"
 # L1/H32, seq 32, a 1000-token vocabulary, batch 8: a step takes milliseconds.
@@ -167,3 +167,24 @@ def test_dry_run_reports_params_memory_and_flops_without_training(tmp_path, caps
     out = capsys.readouterr().out
     assert "parameters" in out and "per-device memory" in out and "FLOPs per step" in out
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_metric_writer_truncates_on_resume_and_formats_progress(tmp_path):
+    writer = metrics.MetricWriter(tmp_path, enabled=True)
+    for step in (1, 2, 3):
+        writer.write(step, {"loss": np.float32(1.0 / step)})
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 4, "lo')  # a line cut short by kill -9
+    writer.truncate_after(2)
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2]
+    assert read_metrics(tmp_path)[1]["loss"] == float(np.float32(0.5))  # full precision
+    writer.close()
+    line = metrics.progress_line(150, 600, {"loss": 2.5, "mlm_accuracy": 0.25}, 3.0)
+    assert line.startswith("step 150/600 (25%)") and "ETA 2m30s" in line
+
+    class Device:
+        device_kind = "TPU v4"
+
+    assert metrics.peak_flops_per_device(Device()) == 275e12
+    Device.device_kind = "cpu"
+    assert metrics.peak_flops_per_device(Device()) is None

@@ -6,7 +6,7 @@ as in an unpacked row (`[CLS] A [SEP] B [SEP]`), then padding:
 
     input_ids      [CLS] a a [SEP] b [SEP] [CLS] a [SEP] b b [SEP] [PAD] ...
     segment_ids      1   1 1   1   1   1     2   2   2   2 2   2     0
-    position_ids     0   1 2   3   4   5     0   1   2   3 4   5     0
+    positions        0   1 2   3   4   5     0   1   2   3 4   5     0
     cls_positions  [0, 6, 0, 0]        next_sentence_weights [1, 1, 0, 0]
 
 The model attends only within equal segment ids and restarts positions per instance, so each
@@ -86,14 +86,14 @@ class PackedBatch:
 
     assembled: AssembledBatch  # next_sentence_labels is [B, K] here
     segment_ids: np.ndarray  # int32[B, T]
-    position_ids: np.ndarray  # int32[B, T]
+    positions: np.ndarray  # int32[B, T]
     cls_positions: np.ndarray  # int32[B, K]
     next_sentence_weights: np.ndarray  # float32[B, K]
 
     def extra_keys(self) -> dict[str, np.ndarray]:
         return {
             "segment_ids": self.segment_ids,
-            "position_ids": self.position_ids,
+            "positions": self.positions,
             "cls_positions": self.cls_positions,
             "next_sentence_weights": self.next_sentence_weights,
         }
@@ -141,8 +141,8 @@ def assemble_packed_batch(
     candidates = packed(alone.candidates, False, bool)
     segment_ids = np.zeros((num_rows, t), np.int32)
     segment_ids[dest_row, dest_col] = placement.slot[inst] + 1
-    position_ids = np.zeros((num_rows, t), np.int32)
-    position_ids[dest_row, dest_col] = col
+    positions = np.zeros((num_rows, t), np.int32)
+    positions[dest_row, dest_col] = col
     lengths = np.bincount(placement.row, weights=alone.lengths, minlength=num_rows).astype(np.int64)
     attention_mask = (segment_ids > 0).astype(np.int32)
     cls_positions = np.zeros((num_rows, k), np.int32)
@@ -154,4 +154,4 @@ def assemble_packed_batch(
     assembled = AssembledBatch(
         input_ids, token_type_ids, attention_mask, candidates, lengths, labels
     )
-    return PackedBatch(assembled, segment_ids, position_ids, cls_positions, weights)
+    return PackedBatch(assembled, segment_ids, positions, cls_positions, weights)

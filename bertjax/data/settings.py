@@ -40,7 +40,7 @@ class DataSettings:
     dedup_documents: bool = True
     unicode_errors: str = "strict"  # "strict" | "replace"
     # Sequence packing (bertjax/data/packing.py): several instances per training row, so that
-    # padding is not paid for; rows then carry segment_ids, position_ids, cls_positions and
+    # padding is not paid for; rows then carry segment_ids, positions, cls_positions and
     # [B, K] NSP labels/weights. Eval batches stay unpacked.
     pack_sequences: bool = False
     max_instances_per_row: int = 4  # K: instances a packed row may hold

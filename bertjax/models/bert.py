@@ -60,7 +60,7 @@ class BertEmbeddings(nn.Module):
         input_ids: Array,
         token_type_ids: Array,
         deterministic: bool,
-        position_ids: Array | None = None,
+        positions: Array | None = None,
     ) -> Array:
         length = input_ids.shape[1]
         if length > self.cfg.max_position_embeddings:
@@ -69,7 +69,8 @@ class BertEmbeddings(nn.Module):
                 f"{self.cfg.max_position_embeddings}"
             )
         # Packed rows restart the positions at each sequence's [CLS].
-        positions = jnp.arange(length)[None, :] if position_ids is None else position_ids
+        if positions is None:
+            positions = jnp.arange(length)[None, :]
         x = (
             self.word_embeddings(input_ids)
             + self.position_embeddings(positions)
@@ -141,7 +142,7 @@ class BertModel(nn.Module):
     """The BERT backbone: returns {"hidden_states": [B, T, H], "pooled": [B, H]}.
 
     Packed rows (several sequences per row, `bertjax.data.packing`) add batch keys
-    `segment_ids` [B, T] (attention stays within equal ids), `position_ids` [B, T] (restarting
+    `segment_ids` [B, T] (attention stays within equal ids), `positions` [B, T] (restarting
     at each sequence) and `cls_positions` [B, K] (each sequence's [CLS]); "pooled" is then
     [B, K, H], one per packed sequence.
     """
@@ -159,7 +160,7 @@ class BertModel(nn.Module):
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
         deterministic = not train
-        x = self.embeddings(input_ids, token_type_ids, deterministic, batch.get("position_ids"))
+        x = self.embeddings(input_ids, token_type_ids, deterministic, batch.get("positions"))
         # Structured, so that cuDNN's fused attention takes the padding as key lengths
         # (right-padded rows, as every bertjax pipeline and Hugging Face tokenizer make them).
         mask = None

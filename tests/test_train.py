@@ -149,6 +149,17 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
     assert all(np.isfinite(r.get("loss", 0.0)) for r in read_metrics(tmp_path))
 
 
+def test_packed_rows_train_and_evaluate(tmp_path):
+    # Several instances per row (data.pack_sequences): K NSP slots per row; eval stays unpacked.
+    config = tiny_config(total_steps=3, eval_every=3, **{"data.pack_sequences": True})
+    result = train.run(config, tmp_path, devices=jax.devices()[:2])
+    assert [r["step"] for r in result.records] == [1, 2, 3]
+    last = result.records[-1]
+    assert np.isfinite(last["loss"]) and 0.0 <= last["nsp_accuracy"] <= 1.0
+    assert last["loss"] == pytest.approx(last["mlm_loss"] + last["nsp_loss"], rel=1e-6)
+    assert last["eval/examples"] == 2 * 8 and np.isfinite(last["eval/loss"])
+
+
 def test_batch_the_mesh_cannot_divide_names_both(tmp_path):
     config = tiny_config(total_steps=1, batch_size=12, **{"mesh.fsdp": 8, "mesh.data": 1})
     with pytest.raises(ValueError) as e:

@@ -2,7 +2,8 @@
 
 As google-research/bert's run_pretraining.py: the MLM loss is the cross-entropy averaged over
 the real (weight 1) masked positions of the batch, the NSP loss the mean cross-entropy over
-rows; ``config.nsp_weight`` is lambda. With ``config.data.sentence_objective == "sop"`` the
+sentence pairs (rows, or the instances of packed rows with ``data.pack_sequences``);
+``config.nsp_weight`` is lambda. With ``config.data.sentence_objective == "sop"`` the
 second head predicts sentence order instead (same labels layout); with ``"none"`` it is unused.
 """
 
@@ -92,7 +93,7 @@ def batch_spec(
     del model_cfg
     seq, preds = int(config.data.max_seq_length), int(config.data.max_predictions_per_seq)
     i32, f32 = jnp.int32, jnp.float32
-    return {
+    spec = {
         "input_ids": jax.ShapeDtypeStruct((batch_size, seq), i32),
         "token_type_ids": jax.ShapeDtypeStruct((batch_size, seq), i32),
         "attention_mask": jax.ShapeDtypeStruct((batch_size, seq), i32),
@@ -101,6 +102,17 @@ def batch_spec(
         "masked_lm_weights": jax.ShapeDtypeStruct((batch_size, preds), f32),
         "next_sentence_labels": jax.ShapeDtypeStruct((batch_size,), i32),
     }
+    if config.data.get("pack_sequences", False):
+        # Packed rows (bertjax/data/packing.py): up to K instances per row, one NSP slot each.
+        from bertjax.data.settings import DataSettings  # its defaults for absent keys
+
+        k = DataSettings.from_config(config.data).max_instances_per_row
+        spec["segment_ids"] = jax.ShapeDtypeStruct((batch_size, seq), i32)
+        spec["positions"] = jax.ShapeDtypeStruct((batch_size, seq), i32)
+        spec["cls_positions"] = jax.ShapeDtypeStruct((batch_size, k), i32)
+        spec["next_sentence_labels"] = jax.ShapeDtypeStruct((batch_size, k), i32)
+        spec["next_sentence_weights"] = jax.ShapeDtypeStruct((batch_size, k), f32)
+    return spec
 
 
 def _uses_sentence_head(config: ml_collections.ConfigDict) -> bool:
@@ -108,19 +120,30 @@ def _uses_sentence_head(config: ml_collections.ConfigDict) -> bool:
 
 
 def _per_example(out: dict[str, jax.Array], batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    """Per-row sums: MLM loss / correct / count over real targets, NSP loss / correct."""
+    """Per-row sums over the real MLM targets and the real NSP slots (loss, correct, count).
+
+    Unpacked rows have one NSP slot; packed rows K of them ([B, K] labels and weights).
+    """
     mlm_logits = out["mlm_logits"].astype(jnp.float32)  # [B, P, V]
     weights = batch["masked_lm_weights"].astype(jnp.float32)
     mlm_xent = optax.softmax_cross_entropy_with_integer_labels(mlm_logits, batch["masked_lm_ids"])
     mlm_hit = (mlm_logits.argmax(-1) == batch["masked_lm_ids"]).astype(jnp.float32)
-    nsp_logits = out["nsp_logits"].astype(jnp.float32)  # [B, 2]
+    nsp_logits = out["nsp_logits"].astype(jnp.float32)  # [B, 2] or [B, K, 2]
     labels = batch["next_sentence_labels"]
+    nsp_weights = batch.get("next_sentence_weights")
+    if nsp_weights is None:
+        nsp_weights = jnp.ones(labels.shape, jnp.float32)
+    nsp_weights = nsp_weights.astype(jnp.float32)
+    nsp_xent = optax.softmax_cross_entropy_with_integer_labels(nsp_logits, labels) * nsp_weights
+    nsp_hit = (nsp_logits.argmax(-1) == labels).astype(jnp.float32) * nsp_weights
+    rows = nsp_xent.shape[0]
     return {
         "mlm_loss_sum": (mlm_xent * weights).sum(-1),
         "mlm_correct": (mlm_hit * weights).sum(-1),
         "mlm_count": weights.sum(-1),
-        "nsp_loss": optax.softmax_cross_entropy_with_integer_labels(nsp_logits, labels),
-        "nsp_correct": (nsp_logits.argmax(-1) == labels).astype(jnp.float32),
+        "nsp_loss_sum": nsp_xent.reshape(rows, -1).sum(-1),
+        "nsp_correct": nsp_hit.reshape(rows, -1).sum(-1),
+        "nsp_count": nsp_weights.reshape(rows, -1).sum(-1),
     }
 
 
@@ -137,10 +160,11 @@ def loss_fn(config, model, params, batch, rng, train):
     }
     loss = mlm_loss
     if _uses_sentence_head(config):
-        nsp_loss = rows["nsp_loss"].mean()
+        nsp_count = jnp.maximum(rows["nsp_count"].sum(), 1.0)
+        nsp_loss = rows["nsp_loss_sum"].sum() / nsp_count
         loss = loss + config.nsp_weight * nsp_loss
         metrics["nsp_loss"] = nsp_loss
-        metrics["nsp_accuracy"] = rows["nsp_correct"].mean()
+        metrics["nsp_accuracy"] = rows["nsp_correct"].sum() / nsp_count
     metrics["loss"] = loss
     return loss, metrics
 
@@ -158,12 +182,13 @@ def eval_summary(config, outputs: dict[str, np.ndarray]) -> dict[str, float]:
         "mlm_loss": mlm_loss,
         "mlm_accuracy": float(outputs["mlm_correct"].sum()) / max(count, 1.0),
         "mlm_perplexity": float(np.exp(min(mlm_loss, 80.0))),
-        "examples": float(len(outputs["nsp_loss"])),
+        "examples": float(len(outputs["mlm_count"])),
     }
     loss = mlm_loss
     if _uses_sentence_head(config):
-        summary["nsp_loss"] = float(outputs["nsp_loss"].mean())
-        summary["nsp_accuracy"] = float(outputs["nsp_correct"].mean())
+        nsp_count = max(float(outputs["nsp_count"].sum()), 1.0)
+        summary["nsp_loss"] = float(outputs["nsp_loss_sum"].sum()) / nsp_count
+        summary["nsp_accuracy"] = float(outputs["nsp_correct"].sum()) / nsp_count
         loss += config.nsp_weight * summary["nsp_loss"]
     summary["loss"] = loss
     return summary

@@ -32,7 +32,7 @@ PYTHON=${PYTHON:-python3}
 OUT=${OUT:-/tmp/bertjax_gpu}
 CONFIGS=${CONFIGS:-bert_base:256,bert_large:32,gpt2_small:32,bert_base:128,bert_large:16,gpt2_small:16}
 TIME_BUDGET=${TIME_BUDGET:-330}
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 STEPS=${STEPS:-10}
 # Pure-Python packages bertjax imports that a CUDA image may lack (versions as requirements.txt).
 EXTRA_WHEELS=("ml_collections==1.1.0")

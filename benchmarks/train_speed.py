@@ -481,24 +481,40 @@ class TorchRunner:
 # ------------------------------------------------------------------------------------ timing
 
 
-def timed(fn: Callable[[], None]) -> float:
-    start = time.perf_counter()
+def timed(fn: Callable[[], None]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) that `fn()` took."""
+    wall, cpu = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def measure(runners: dict[str, Any], args: argparse.Namespace) -> dict[str, list[float]]:
-    """Steps/s of each runner per round; the runners alternate within every round."""
+def measure(
+    runners: dict[str, Any], args: argparse.Namespace
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Steps per wall second and per CPU second of each runner, per round (alternating).
+
+    On a shared CPU the wall clock counts the time other programs hold the cores; the CPU time
+    of this process does not (both frameworks use the same cores and threads), so it gives a
+    second, steadier ratio. On an accelerator only the wall clock means anything.
+    """
     for runner in runners.values():
         runner.run(args.warmup)
     rates: dict[str, list[float]] = {name: [] for name in runners}
+    cpu_rates: dict[str, list[float]] = {name: [] for name in runners}
     for r in range(args.rounds):
         # Alternate which one goes first, so neither always follows the other's cache state.
         order = list(runners) if r % 2 == 0 else list(reversed(list(runners)))
         for name in order:
-            seconds = timed(lambda runner=runners[name]: runner.run(args.steps))
-            rates[name].append(args.steps / seconds)
-    return rates
+            wall, cpu = timed(lambda runner=runners[name]: runner.run(args.steps))
+            rates[name].append(args.steps / wall)
+            cpu_rates[name].append(args.steps / max(cpu, 1e-9))
+    return rates, cpu_rates
+
+
+def row_platform() -> str:
+    import jax
+
+    return jax.devices()[0].platform
 
 
 def device_description() -> tuple[str, int, str]:
@@ -564,6 +580,8 @@ def format_table(results: list[dict[str, Any]], header: dict[str, Any]) -> str:
         ("torch steps/s", "{}"),
         ("ratio", "{}"),
     ]
+    if any("ratio (CPU time)" in r for r in results):
+        cols += [("ratio (CPU time)", "{}")]
     lines = [
         f"# bertjax train-step speed - {header['date']}",
         "",
@@ -575,7 +593,8 @@ def format_table(results: list[dict[str, Any]], header: dict[str, Any]) -> str:
         f"command: {header['command']}",
         f"medians of {header['rounds']} alternating rounds of {header['steps']} steps "
         f"(after {header['warmup']} warm-up steps); ratio = median over rounds of bertjax "
-        "steps/s over transformers steps/s; FLOPs per step by the formula in "
+        "steps/s over transformers steps/s (on a CPU also per CPU second of this process, "
+        "which the load of other programs does not count); FLOPs per step by the formula in "
         "benchmarks/train_speed.py (6N per token over the matmuls actually computed + attention)",
         "",
         "| " + " | ".join(c for c, _ in cols) + " |",
@@ -602,7 +621,8 @@ def run_row(row: Row, batch: int, args, peaks, device_counts: list[int]) -> list
         runners[f"bertjax@{n}"] = BertjaxRunner(row, batch, host_batches, args, n)
     if not args.no_torch:
         runners["torch"] = TorchRunner(row, batch, host_batches, args)
-    rates = measure(runners, args)
+    rates, cpu_rates = measure(runners, args)
+    on_cpu = row_platform() == "cpu"
     flops = flops_per_step(row, batch)
     results = []
     for n in device_counts:
@@ -633,6 +653,13 @@ def run_row(row: Row, batch: int, args, peaks, device_counts: list[int]) -> list
             # most, so the machine's drifting load cancels out of each ratio.
             ratios = [a / b for a, b in zip(rates[name], rates["torch"], strict=True)]
             result["ratio"] = f"{statistics.median(ratios):.2f}x"
+            if on_cpu:
+                cpu_ratios = [
+                    a / b for a, b in zip(cpu_rates[name], cpu_rates["torch"], strict=True)
+                ]
+                result["ratio (CPU time)"] = f"{statistics.median(cpu_ratios):.2f}x"
+                result["CPU s/step"] = 1 / statistics.median(cpu_rates[name])
+                result["torch CPU s/step"] = 1 / statistics.median(cpu_rates["torch"])
             result["torch rounds"] = [round(x, 4) for x in rates["torch"]]
             result["torch loss"] = runners["torch"].last_loss()
         results.append(result)

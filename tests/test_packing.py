@@ -195,38 +195,3 @@ def test_packed_pipeline_keys_padding_and_resumable_state(bert_vocab):
         got = next(again)
         for key in want:
             np.testing.assert_array_equal(got[key], want[key], err_msg=key)
-
-
-def test_packed_pretraining_trains_through_the_real_loop(tmp_path):
-    """`data.pack_sequences` end to end in train.run: packed batches, finite falling loss."""
-    from bertjax import config_lib, train
-
-    config = config_lib.load(
-        "configs/bert_tiny_pretrain.py",
-        {
-            "model.num_layers": 1,
-            "model.hidden_size": 32,
-            "model.num_heads": 2,
-            "model.intermediate_size": 64,
-            "model.max_position_embeddings": 64,
-            "data.max_seq_length": 64,
-            "data.max_predictions_per_seq": 8,
-            "data.vocab_size": 1000,
-            "data.pack_sequences": True,
-            "data.max_instances_per_row": 3,
-            "batch_size": 8,
-            "total_steps": 12,
-            "log_every": 4,
-            "eval_every": 12,
-            "eval_batches": 2,
-            "checkpoint_every": 100,
-            "optim.warmup_steps": 1,
-            "optim.learning_rate": 5e-3,
-        },
-    )
-    result = train.run(config, tmp_path)
-    records = [r for r in result.records if "loss" in r]
-    assert all(np.isfinite(r["loss"]) and np.isfinite(r["nsp_loss"]) for r in records)
-    assert records[-1]["mlm_loss"] < records[0]["mlm_loss"]
-    evals = [r for r in result.records if "eval/nsp_accuracy" in r]
-    assert evals and 0.0 <= evals[-1]["eval/nsp_accuracy"] <= 1.0  # eval stays unpacked

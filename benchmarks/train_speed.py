@@ -258,8 +258,10 @@ class BertjaxRunner:
         devices = jax.devices()[: num_devices or jax.device_count()]
         mesh = sharding.make_mesh(self.config.mesh, devices)
         model_cfg, model = task.build_model(self.config, None)
-        build = getattr(train, "build_trainer", None) or _build_trainer_fallback
-        self.trainer = build(self.config, task, model_cfg, model, mesh)
+        schedule = train.Schedule(
+            self.config.total_steps, self.config.optim.warmup_steps, eval_every=-1
+        )
+        self.trainer = train.build_trainer(self.config, task, model_cfg, model, mesh, schedule)
         self.state = self.trainer.init_state(jax.random.PRNGKey(0))
         self.batches = [sharding.global_batch(b, mesh, batch) for b in host_batches]
         self.devices = mesh.size
@@ -281,98 +283,6 @@ class BertjaxRunner:
     def hlo_text(self) -> str:
         """The optimized HLO of the compiled train step."""
         return self.trainer.step.as_text()
-
-
-def _build_trainer_fallback(config, task, model_cfg, model, mesh):
-    """TEMPORARY copy of train.run's state/step construction until train.build_trainer exists."""
-    import types
-
-    import flax.linen as nn
-    import jax
-    import jax.numpy as jnp
-    import optax
-
-    from bertjax import optim, sharding
-
-    rules = sharding.logical_rules(config)
-    tx, learning_rate = optim.build(config.optim, config.total_steps, config.optim.warmup_steps)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-
-        def init_params(rng):
-            spec = task.batch_spec(config, model_cfg, 1)
-            dummy = {k: jnp.zeros(s.shape, s.dtype) for k, s in spec.items()}
-            return model.init({"params": rng, "dropout": rng}, dummy, train=False)["params"]
-
-        def init_state(rng):
-            params_rng, step_rng = jax.random.split(rng)
-            params = nn.meta.unbox(init_params(params_rng))
-            return {
-                "step": jnp.zeros((), jnp.int32),
-                "params": params,
-                "opt_state": tx.init(params),
-                "rng": step_rng,
-            }
-
-        rng = jax.random.PRNGKey(0)
-        with jax.set_mesh(None):
-            boxed = jax.eval_shape(init_params, rng)
-            abstract_state = jax.eval_shape(init_state, rng)
-        param_shardings = sharding.param_shardings(boxed, mesh, rules)
-        replicated = sharding.replicated(mesh)
-        state_shardings = {
-            "step": replicated,
-            "params": param_shardings,
-            "opt_state": optax.tree_map_params(
-                tx,
-                lambda p, s: p if isinstance(p, optax.MaskedNode) else s,
-                abstract_state["opt_state"],
-                param_shardings,
-                transform_non_params=lambda _: replicated,
-                is_leaf=lambda x: isinstance(x, optax.MaskedNode),
-            ),
-            "rng": replicated,
-        }
-        abstract_state = jax.tree.map(
-            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-            abstract_state,
-            state_shardings,
-        )
-
-        def train_step(state, batch):
-            step_rng = jax.random.fold_in(state["rng"], state["step"])
-            params = state["params"]
-
-            def loss(p):
-                return task.loss_fn(config, model, p, batch, step_rng, True)
-
-            (_, step_metrics), grads = jax.value_and_grad(loss, has_aux=True)(params)
-            updates, opt_state = tx.update(grads, state["opt_state"], params)
-            params = optax.apply_updates(params, updates)
-            step_metrics = {
-                **step_metrics,
-                "learning_rate": learning_rate(state["step"]),
-                "grad_norm": optax.tree.norm(grads),
-                "param_norm": optax.tree.norm(params),
-            }
-            new_state = {**state, "step": state["step"] + 1, "params": params}
-            new_state["opt_state"] = opt_state
-            return new_state, step_metrics
-
-        batch_sharding = sharding.batch_sharding(mesh)
-        jit_step = jax.jit(
-            train_step,
-            in_shardings=(state_shardings, batch_sharding),
-            out_shardings=(state_shardings, replicated),
-            donate_argnums=0,
-        )
-        batch_spec = {
-            k: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=batch_sharding)
-            for k, s in task.batch_spec(config, model_cfg, int(config.batch_size)).items()
-        }
-        compiled = jit_step.lower(abstract_state, batch_spec).compile()
-    with jax.set_mesh(None):
-        init = jax.jit(init_state, out_shardings=state_shardings)
-    return types.SimpleNamespace(init_state=init, step=compiled)
 
 
 # ------------------------------------------------------------------------------ transformers

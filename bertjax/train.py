@@ -2,15 +2,14 @@
 
 Read top to bottom:
 
-1. setup     - mesh, task, this host's data, model, optimizer, schedule;
-2. state     - created abstractly (`jax.eval_shape`), shardings derived from the model's
-               logical axis names, then initialised straight into them (or restored);
-3. steps     - the train step (gradient accumulation as a scan over microbatches, so that one
-               logged step is one optimizer step) and the eval step, jitted with explicit
-               in/out shardings, the state donated;
-4. loop      - global batch from each host's rows, step, and every so often: fetch metrics
-               (and stop on a non-finite loss), log, evaluate, checkpoint; SIGTERM saves and
-               returns.
+1. `build_trainer` - the state created abstractly (`jax.eval_shape`), its shardings derived
+   from the model's logical axis names, the train step (gradient accumulation as a scan over
+   microbatches, so that one logged step is one optimizer step) jitted with explicit in/out
+   shardings and the state donated. Benchmarks time this very step.
+2. `run` - mesh, task, this host's data and model; the trainer; the state initialised straight
+   into its shardings (or restored); then the loop: global batch from each host's rows, step,
+   and every so often fetch metrics (stopping on a non-finite loss), log, evaluate,
+   checkpoint. SIGTERM saves and returns.
 
 The state is a plain dict ``{"step", "params", "opt_state", "rng"}``; the RNG of step ``s`` is
 ``fold_in(rng, s)``, so a restored run draws the same dropout masks as an uninterrupted one.
@@ -18,6 +17,7 @@ The state is a plain dict ``{"step", "params", "opt_state", "rng"}``; the RNG of
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import pathlib
@@ -137,6 +137,205 @@ def _check_finite(step: int, values: dict[str, float], ckpt: checkpointing.Check
     )
 
 
+@dataclasses.dataclass
+class Trainer:
+    """The sharded state and the jitted train / eval steps of one (config, task, model, mesh).
+
+    `run` trains with it; benchmarks/train_speed.py times its `step`. Every array of the state
+    has a sharding derived from the model's logical axis names (`state_shardings`); `step`
+    donates the state it is given.
+    """
+
+    config: ml_collections.ConfigDict
+    task: tasks.Task
+    model_cfg: Any
+    model: nn.Module
+    mesh: jax.sharding.Mesh
+    rules: Any
+    batch_size: int
+    tx: optax.GradientTransformation
+    learning_rate: optax.Schedule
+    abstract_state: Any  # ShapeDtypeStructs carrying their shardings
+    state_shardings: Any
+    param_shardings: Any
+    batch_sharding: jax.sharding.NamedSharding
+    batch_spec: dict[str, jax.ShapeDtypeStruct]
+    num_params: int
+    _init_state: Any
+    _jit_train_step: Any
+    _compiled_step: Any = None
+
+    @contextlib.contextmanager
+    def context(self):
+        """The mesh and logical axis rules that tracing the model needs."""
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+            yield
+
+    @property
+    def step(self) -> Any:
+        """The compiled train step, `(state, batch) -> (state, metrics)`; compiled once."""
+        if self._compiled_step is None:
+            started = time.time()
+            with self.context():
+                lowered = self._jit_train_step.lower(self.abstract_state, self.batch_spec)
+                self._compiled_step = lowered.compile()
+            logging.info("train step compiled in %.1fs", time.time() - started)
+        return self._compiled_step
+
+    def init_state(self, rng: jax.Array) -> dict[str, Any]:
+        """A fresh state, each array created directly in its sharding."""
+        # Initialisation is traced without a mesh in context: flax's DenseGeneral reshapes a
+        # flat kernel *after* its logical constraint, which fails under a mesh. The
+        # out_shardings still put every array where it belongs.
+        with jax.set_mesh(None), nn.logical_axis_rules(self.rules):
+            return jax.jit(self._init_state, out_shardings=self.state_shardings)(rng)
+
+    def eval_step(self) -> Any:
+        """The jitted eval step, `(params, batch) -> per-row outputs` (the task's)."""
+        config, task, model = self.config, self.task, self.model
+        return jax.jit(
+            lambda params, batch: task.eval_step(config, model, params, batch),
+            in_shardings=(self.param_shardings, self.batch_sharding),
+            out_shardings=self.batch_sharding,
+        )
+
+    def place_params(self, new_params: Any) -> Any:
+        """A task's replacement params (e.g. a pretrained encoder) put into their shardings."""
+        return _replace_params(new_params, self.abstract_state["params"])
+
+
+def build_trainer(
+    config: ml_collections.ConfigDict,
+    task: tasks.Task,
+    model_cfg: Any,
+    model: nn.Module,
+    mesh: jax.sharding.Mesh,
+    schedule: Schedule,
+) -> Trainer:
+    """Derives the state's shardings and builds the train step; nothing is compiled yet."""
+    rules = sharding.logical_rules(config)
+    accum = int(config.optim.grad_accum_steps)
+    batch_size = int(config.batch_size)
+    sharding.check_batch_size(batch_size, mesh, accum)
+    tx, learning_rate = optim.build(config.optim, schedule.total_steps, schedule.warmup_steps)
+
+    def init_params(rng: jax.Array) -> Any:
+        spec = task.batch_spec(config, model_cfg, 1)
+        dummy = {k: jnp.zeros(s.shape, s.dtype) for k, s in spec.items()}
+        return model.init({"params": rng, "dropout": rng}, dummy, train=False)["params"]
+
+    def init_state(rng: jax.Array) -> dict[str, Any]:
+        params_rng, step_rng = jax.random.split(rng)
+        params = nn.meta.unbox(init_params(params_rng))
+        return {
+            "step": jnp.zeros((), jnp.int32),
+            "params": params,
+            "opt_state": tx.init(params),
+            "rng": step_rng,
+        }
+
+    rng = jax.random.PRNGKey(0)  # shapes only
+    with jax.set_mesh(None), nn.logical_axis_rules(rules):  # see Trainer.init_state
+        boxed = jax.eval_shape(init_params, rng)
+        abstract_state = jax.eval_shape(init_state, rng)
+    param_shardings = sharding.param_shardings(boxed, mesh, rules)
+    replicated = sharding.replicated(mesh)
+    state_shardings = {
+        "step": replicated,
+        "params": param_shardings,
+        "opt_state": optax.tree_map_params(
+            tx,
+            lambda p, s: p if isinstance(p, optax.MaskedNode) else s,
+            abstract_state["opt_state"],
+            param_shardings,
+            transform_non_params=lambda _: replicated,
+            is_leaf=lambda x: isinstance(x, optax.MaskedNode),
+        ),
+        "rng": replicated,
+    }
+    sharding.check_divisible(abstract_state["params"], param_shardings)
+    abstract_state = jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+        abstract_state,
+        state_shardings,
+    )
+    num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_state["params"]))
+
+    def loss_and_grads(params: Any, batch: Any, step_rng: jax.Array):
+        def loss(p: Any):
+            return task.loss_fn(config, model, p, batch, step_rng, True)
+
+        (_, step_metrics), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        return grads, step_metrics
+
+    def train_step(state: dict[str, Any], batch: dict[str, jax.Array]):
+        step_rng = jax.random.fold_in(state["rng"], state["step"])
+        params = state["params"]
+        if accum == 1:
+            grads, step_metrics = loss_and_grads(params, batch, step_rng)
+        else:
+            micro = jax.tree.map(lambda x: _split_microbatches(x, accum), batch)
+            first = jax.tree.map(lambda x: x[0], micro)
+            _, metric_shapes = jax.eval_shape(loss_and_grads, params, first, step_rng)
+
+            def body(carry, inputs):
+                i, microbatch = inputs
+                g, m = loss_and_grads(params, microbatch, jax.random.fold_in(step_rng, i))
+                g = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), carry[0], g)
+                m = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), carry[1], m)
+                return (g, m), None
+
+            zeros = (
+                jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params),
+                jax.tree.map(lambda m: jnp.zeros(m.shape, jnp.float32), metric_shapes),
+            )
+            (grads, step_metrics), _ = jax.lax.scan(body, zeros, (jnp.arange(accum), micro))
+            grads = jax.tree.map(lambda g: g / accum, grads)
+            step_metrics = jax.tree.map(lambda m: m / accum, step_metrics)
+        updates, opt_state = tx.update(grads, state["opt_state"], params)
+        params = optax.apply_updates(params, updates)
+        step_metrics = {
+            **step_metrics,
+            "learning_rate": learning_rate(state["step"]),
+            "grad_norm": optax.tree.norm(grads),
+            "param_norm": optax.tree.norm(params),
+        }
+        new_state = {**state, "step": state["step"] + 1, "params": params}
+        new_state["opt_state"] = opt_state
+        return new_state, step_metrics
+
+    batch_sharding = sharding.batch_sharding(mesh)
+    jit_train_step = jax.jit(
+        train_step,
+        in_shardings=(state_shardings, batch_sharding),
+        out_shardings=(state_shardings, replicated),
+        donate_argnums=0,
+    )
+    batch_spec = {
+        k: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=batch_sharding)
+        for k, s in task.batch_spec(config, model_cfg, batch_size).items()
+    }
+    return Trainer(
+        config=config,
+        task=task,
+        model_cfg=model_cfg,
+        model=model,
+        mesh=mesh,
+        rules=rules,
+        batch_size=batch_size,
+        tx=tx,
+        learning_rate=learning_rate,
+        abstract_state=abstract_state,
+        state_shardings=state_shardings,
+        param_shardings=param_shardings,
+        batch_sharding=batch_sharding,
+        batch_spec=batch_spec,
+        num_params=num_params,
+        _init_state=init_state,
+        _jit_train_step=jit_train_step,
+    )
+
+
 def run(
     config: ml_collections.ConfigDict,
     workdir: str | pathlib.Path,
@@ -155,10 +354,8 @@ def run(
     # ------------------------------------------------------------------------------ setup
     task = tasks.get(config.task)
     mesh = sharding.make_mesh(config.mesh, devices)
-    rules = sharding.logical_rules(config)
-    accum = int(config.optim.grad_accum_steps)
     batch_size = int(config.batch_size)
-    sharding.check_batch_size(batch_size, mesh, accum)
+    sharding.check_batch_size(batch_size, mesh, int(config.optim.grad_accum_steps))
     logging.info(
         "mesh %s over %d devices (%d processes); task %s",
         dict(mesh.shape),
@@ -180,250 +377,132 @@ def run(
         data = task.build_data(config, host)
     model_cfg, model = task.build_model(config, data)
     schedule = resolve_schedule(config, data.steps_per_epoch if data else None)
-    tx, learning_rate = optim.build(config.optim, schedule.total_steps, schedule.warmup_steps)
+    # ------------------------------------------------------------------ state and steps
+    trainer = build_trainer(config, task, model_cfg, model, mesh, schedule)
+    logging.info("model %s: %s parameters", model_cfg.head, f"{trainer.num_params:,}")
+    if dry_run:
+        compiled_step = trainer.step
+        report = _dry_run_report(compiled_step, trainer.num_params, mesh, _flops(compiled_step))
+        return RunResult(step=0, state=None, records=[], dry_run=report)
 
-    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        # -------------------------------------------------------------------------- state
-        def init_params(rng: jax.Array) -> Any:
-            spec = task.batch_spec(config, model_cfg, 1)
-            dummy = {k: jnp.zeros(s.shape, s.dtype) for k, s in spec.items()}
-            return model.init({"params": rng, "dropout": rng}, dummy, train=False)["params"]
-
-        def init_state(rng: jax.Array) -> dict[str, Any]:
-            params_rng, step_rng = jax.random.split(rng)
-            params = nn.meta.unbox(init_params(params_rng))
-            return {
-                "step": jnp.zeros((), jnp.int32),
-                "params": params,
-                "opt_state": tx.init(params),
-                "rng": step_rng,
-            }
-
-        rng = jax.random.PRNGKey(int(config.seed))
-        # Initialisation is traced without a mesh in context: flax's DenseGeneral reshapes
-        # a flat kernel *after* its logical constraint, which fails under a mesh. The
-        # out_shardings of the jitted init still put every array where it belongs.
-        with jax.set_mesh(None):
-            boxed = jax.eval_shape(init_params, rng)
-            abstract_state = jax.eval_shape(init_state, rng)
-        param_shardings = sharding.param_shardings(boxed, mesh, rules)
-        replicated = sharding.replicated(mesh)
-        state_shardings = {
-            "step": replicated,
-            "params": param_shardings,
-            "opt_state": optax.tree_map_params(
-                tx,
-                lambda p, s: p if isinstance(p, optax.MaskedNode) else s,
-                abstract_state["opt_state"],
-                param_shardings,
-                transform_non_params=lambda _: replicated,
-                is_leaf=lambda x: isinstance(x, optax.MaskedNode),
-            ),
-            "rng": replicated,
-        }
-        sharding.check_divisible(abstract_state["params"], param_shardings)
-        abstract_state = jax.tree.map(
-            lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-            abstract_state,
-            state_shardings,
-        )
-        num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_state["params"]))
-        logging.info("model %s: %s parameters", model_cfg.head, f"{num_params:,}")
-
-        # -------------------------------------------------------------------------- steps
-        def loss_and_grads(params: Any, batch: Any, step_rng: jax.Array):
-            def loss(p: Any):
-                return task.loss_fn(config, model, p, batch, step_rng, True)
-
-            (_, step_metrics), grads = jax.value_and_grad(loss, has_aux=True)(params)
-            return grads, step_metrics
-
-        def train_step(state: dict[str, Any], batch: dict[str, jax.Array]):
-            step_rng = jax.random.fold_in(state["rng"], state["step"])
-            params = state["params"]
-            if accum == 1:
-                grads, step_metrics = loss_and_grads(params, batch, step_rng)
-            else:
-                micro = jax.tree.map(lambda x: _split_microbatches(x, accum), batch)
-                first = jax.tree.map(lambda x: x[0], micro)
-                _, metric_shapes = jax.eval_shape(loss_and_grads, params, first, step_rng)
-
-                def body(carry, inputs):
-                    i, microbatch = inputs
-                    g, m = loss_and_grads(params, microbatch, jax.random.fold_in(step_rng, i))
-                    g = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), carry[0], g)
-                    m = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), carry[1], m)
-                    return (g, m), None
-
-                zeros = (
-                    jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params),
-                    jax.tree.map(lambda m: jnp.zeros(m.shape, jnp.float32), metric_shapes),
-                )
-                (grads, step_metrics), _ = jax.lax.scan(body, zeros, (jnp.arange(accum), micro))
-                grads = jax.tree.map(lambda g: g / accum, grads)
-                step_metrics = jax.tree.map(lambda m: m / accum, step_metrics)
-            updates, opt_state = tx.update(grads, state["opt_state"], params)
-            params = optax.apply_updates(params, updates)
-            step_metrics = {
-                **step_metrics,
-                "learning_rate": learning_rate(state["step"]),
-                "grad_norm": optax.tree.norm(grads),
-                "param_norm": optax.tree.norm(params),
-            }
-            new_state = {**state, "step": state["step"] + 1, "params": params}
-            new_state["opt_state"] = opt_state
-            return new_state, step_metrics
-
-        batch_sharding = sharding.batch_sharding(mesh)
-        jit_train_step = jax.jit(
-            train_step,
-            in_shardings=(state_shardings, batch_sharding),
-            out_shardings=(state_shardings, replicated),
-            donate_argnums=0,
-        )
-        batch_spec = {
-            k: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=batch_sharding)
-            for k, s in task.batch_spec(config, model_cfg, batch_size).items()
-        }
-
-        def compile_train_step() -> Any:
-            started = time.time()
-            compiled = jit_train_step.lower(abstract_state, batch_spec).compile()
-            logging.info("train step compiled in %.1fs", time.time() - started)
-            return compiled
-
-        if dry_run:
-            compiled_step = compile_train_step()
-            report = _dry_run_report(compiled_step, num_params, mesh, _flops(compiled_step))
-            return RunResult(step=0, state=None, records=[], dry_run=report)
-
-        # -------------------------------------------------------------- init or restore
-        ckpt = checkpointing.Checkpointer(workdir, keep=int(config.keep_checkpoints))
-        start = ckpt.latest_step()
-        if start is not None and start >= schedule.total_steps:
-            logging.info(
-                "%s holds step %d of %d: nothing to do", workdir, start, schedule.total_steps
+    # ------------------------------------------------------------------ init or restore
+    ckpt = checkpointing.Checkpointer(workdir, keep=int(config.keep_checkpoints))
+    start = ckpt.latest_step()
+    if start is not None and start >= schedule.total_steps:
+        logging.info("%s holds step %d of %d: nothing to do", workdir, start, schedule.total_steps)
+        ckpt.close()
+        return RunResult(step=start, state=None, records=[])
+    compiled_step = trainer.step
+    step_flops = _flops(compiled_step)
+    jit_eval_step = trainer.eval_step()
+    best_metric = task.best_metric(config) if task.best_metric else None
+    best = checkpointing.BestCheckpointer(workdir, *best_metric) if best_metric else None
+    writer = metrics.MetricWriter(workdir)
+    if start is None:
+        start = 0
+        state = trainer.init_state(jax.random.PRNGKey(int(config.seed)))
+        if task.init_params is not None:
+            state["params"] = trainer.place_params(
+                task.init_params(config, model_cfg, state["params"])
             )
-            ckpt.close()
-            return RunResult(step=start, state=None, records=[])
-        compiled_step = compile_train_step()
-        step_flops = _flops(compiled_step)
-        jit_eval_step = jax.jit(
-            lambda params, batch: task.eval_step(config, model, params, batch),
-            in_shardings=(param_shardings, batch_sharding),
-            out_shardings=batch_sharding,
-        )
-        best_metric = task.best_metric(config) if task.best_metric else None
-        best = checkpointing.BestCheckpointer(workdir, *best_metric) if best_metric else None
-        writer = metrics.MetricWriter(workdir)
-        if start is None:
-            start = 0
-            with jax.set_mesh(None):  # see the note at jax.eval_shape(init_params) above
-                state = jax.jit(init_state, out_shardings=state_shardings)(rng)
-            if task.init_params is not None:
-                state["params"] = _replace_params(
-                    task.init_params(config, model_cfg, state["params"]),
-                    abstract_state["params"],
-                )
-        else:
-            state, data_state = ckpt.restore(start, abstract_state)
-            data.train.set_state(data_state)
-            logging.info("resumed from %s/%d", ckpt.directory, start)
-        writer.truncate_after(start)
+    else:
+        state, data_state = ckpt.restore(start, trainer.abstract_state)
+        data.train.set_state(data_state)
+        logging.info("resumed from %s/%d", ckpt.directory, start)
+    writer.truncate_after(start)
 
-        # --------------------------------------------------------------------- the loop
-        records: list[dict[str, Any]] = []
-        fetched: list[dict[str, float]] = []  # host copies of step metrics since the last log
-        pending: list[tuple[int, Any]] = []  # device metrics not yet fetched
-        seq_len = batch_spec["input_ids"].shape[1] if "input_ids" in batch_spec else 0
-        peak = metrics.peak_flops_per_device(mesh.devices.flat[0])
-        step, last_saved = start, start if start else None
-        # config.profile_steps: a jax.profiler trace of some steps (bertjax/profiling.py).
-        profiler = profiling.StepProfiler(config.get("profile_steps", ""), workdir, start)
-        timer_start, timer_steps, excluded = None, 0, 0.0
+    # ------------------------------------------------------------------------- the loop
+    records: list[dict[str, Any]] = []
+    fetched: list[dict[str, float]] = []  # host copies of step metrics since the last log
+    pending: list[tuple[int, Any]] = []  # device metrics not yet fetched
+    batch_spec = trainer.batch_spec
+    seq_len = batch_spec["input_ids"].shape[1] if "input_ids" in batch_spec else 0
+    peak = metrics.peak_flops_per_device(mesh.devices.flat[0])
+    step, last_saved = start, start if start else None
+    # config.profile_steps: a jax.profiler trace of some steps (bertjax/profiling.py).
+    profiler = profiling.StepProfiler(config.get("profile_steps", ""), workdir, start)
+    timer_start, timer_steps, excluded = None, 0, 0.0
 
-        def fetch_and_check() -> None:
-            """Brings pending metrics to the host; raises on a non-finite value."""
-            nonlocal pending
-            for s, values in pending:
-                host_values = {k: float(v) for k, v in jax.device_get(values).items()}
-                _check_finite(s, host_values, ckpt)
-                fetched.append(host_values)
-            pending = []
+    def fetch_and_check() -> None:
+        """Brings pending metrics to the host; raises on a non-finite value."""
+        nonlocal pending
+        for s, values in pending:
+            host_values = {k: float(v) for k, v in jax.device_get(values).items()}
+            _check_finite(s, host_values, ckpt)
+            fetched.append(host_values)
+        pending = []
 
-        try:
-            with _Preemption() as preemption:
-                while step < schedule.total_steps:
-                    if preemption.reached(step):
-                        fetch_and_check()
-                        if last_saved != step:
-                            ckpt.save(step, state, data.train.get_state())
-                        ckpt.wait()
-                        logging.warning("preempted: saved step %d in %s", step, ckpt.directory)
-                        break
-                    batch = sharding.global_batch(next(data.train), mesh, batch_size)
-                    profiler.before_step(step + 1)
-                    state, step_metrics = compiled_step(state, batch)
-                    step += 1
-                    profiler.after_step(step, step_metrics)
-                    pending.append((step, step_metrics))
-                    if timer_start is None:  # time from the end of the first (compiling) step
-                        jax.block_until_ready(step_metrics)
-                        timer_start, timer_steps, excluded = time.time(), 0, 0.0
-                    else:
-                        timer_steps += 1
-
-                    last = step == schedule.total_steps
-                    do_log = step % config.log_every == 0 or last
-                    do_eval = schedule.eval_every >= 0 and (
-                        last or (schedule.eval_every > 0 and step % schedule.eval_every == 0)
-                    )
-                    do_save = step % config.checkpoint_every == 0 or last
-                    if not (do_log or do_eval or do_save):
-                        continue
+    try:
+        with _Preemption() as preemption, trainer.context():
+            while step < schedule.total_steps:
+                if preemption.reached(step):
                     fetch_and_check()
-                    record: dict[str, Any] = {}
-                    if do_log and fetched:
-                        record.update(
-                            {k: float(np.mean([f[k] for f in fetched])) for k in fetched[0]}
-                        )
-                        fetched.clear()
-                        elapsed = time.time() - timer_start - excluded
-                        if timer_steps > 0 and elapsed > 0:
-                            steps_per_sec = timer_steps / elapsed
-                            record["steps_per_sec"] = steps_per_sec
-                            record["examples_per_sec"] = steps_per_sec * batch_size
-                            if seq_len:
-                                record["tokens_per_sec"] = steps_per_sec * batch_size * seq_len
-                            if peak and step_flops:  # both per device
-                                record["mfu"] = steps_per_sec * step_flops / peak
-                        timer_start, timer_steps, excluded = time.time(), 0, 0.0
-                        metrics.log_console(
-                            metrics.progress_line(
-                                step, schedule.total_steps, record, record.get("steps_per_sec", 0)
-                            )
-                        )
-                    paused = time.time()
-                    if do_eval:
-                        eval_record = _evaluate(task, config, data, jit_eval_step, state, mesh)
-                        record.update(eval_record)
-                        metrics.log_console(f"eval at step {step}: {_short(eval_record)}")
-                        if best is not None and best.maybe_save(step, state["params"], eval_record):
-                            metrics.log_console(f"new best {best.metric} = {best.best_value:.4f}")
-                    if record:
-                        writer.write(step, record)
-                        records.append({"step": step, **record})
-                    if do_save:
+                    if last_saved != step:
                         ckpt.save(step, state, data.train.get_state())
-                        last_saved = step
-                    excluded += time.time() - paused
+                    ckpt.wait()
+                    logging.warning("preempted: saved step %d in %s", step, ckpt.directory)
+                    break
+                batch = sharding.global_batch(next(data.train), mesh, batch_size)
+                profiler.before_step(step + 1)
+                state, step_metrics = compiled_step(state, batch)
+                step += 1
+                profiler.after_step(step, step_metrics)
+                pending.append((step, step_metrics))
+                if timer_start is None:  # time from the end of the first (compiling) step
+                    jax.block_until_ready(step_metrics)
+                    timer_start, timer_steps, excluded = time.time(), 0, 0.0
+                else:
+                    timer_steps += 1
 
-        finally:  # also on a non-finite loss: finish the saves of good states, close files
-            profiler.stop()
-            ckpt.close()
-            if best is not None:
-                best.close()
-            writer.close()
+                last = step == schedule.total_steps
+                do_log = step % config.log_every == 0 or last
+                do_eval = schedule.eval_every >= 0 and (
+                    last or (schedule.eval_every > 0 and step % schedule.eval_every == 0)
+                )
+                do_save = step % config.checkpoint_every == 0 or last
+                if not (do_log or do_eval or do_save):
+                    continue
+                fetch_and_check()
+                record: dict[str, Any] = {}
+                if do_log and fetched:
+                    record.update({k: float(np.mean([f[k] for f in fetched])) for k in fetched[0]})
+                    fetched.clear()
+                    elapsed = time.time() - timer_start - excluded
+                    if timer_steps > 0 and elapsed > 0:
+                        steps_per_sec = timer_steps / elapsed
+                        record["steps_per_sec"] = steps_per_sec
+                        record["examples_per_sec"] = steps_per_sec * batch_size
+                        if seq_len:
+                            record["tokens_per_sec"] = steps_per_sec * batch_size * seq_len
+                        if peak and step_flops:  # both per device
+                            record["mfu"] = steps_per_sec * step_flops / peak
+                    timer_start, timer_steps, excluded = time.time(), 0, 0.0
+                    metrics.log_console(
+                        metrics.progress_line(
+                            step, schedule.total_steps, record, record.get("steps_per_sec", 0)
+                        )
+                    )
+                paused = time.time()
+                if do_eval:
+                    eval_record = _evaluate(task, config, data, jit_eval_step, state, mesh)
+                    record.update(eval_record)
+                    metrics.log_console(f"eval at step {step}: {_short(eval_record)}")
+                    if best is not None and best.maybe_save(step, state["params"], eval_record):
+                        metrics.log_console(f"new best {best.metric} = {best.best_value:.4f}")
+                if record:
+                    writer.write(step, record)
+                    records.append({"step": step, **record})
+                if do_save:
+                    ckpt.save(step, state, data.train.get_state())
+                    last_saved = step
+                excluded += time.time() - paused
+
+    finally:  # also on a non-finite loss: finish the saves of good states, close files
+        profiler.stop()
+        ckpt.close()
+        if best is not None:
+            best.close()
+        writer.close()
     return RunResult(step=step, state=state, records=records)
 
 

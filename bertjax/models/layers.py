@@ -337,6 +337,18 @@ def reference_attention(
     return jnp.einsum("bnts,bsnd->btnd", probs.astype(v.dtype), v)
 
 
+def cached_attention(q: Array, keys: Array, values: Array, mask: Array) -> Array:
+    """Attention of new queries q [B, L, N, D] over a KV cache keys/values [B, N, S, D].
+
+    mask [B, 1, L, S]: True where query i of row b may see cache slot s. Returns [B, L, N, D].
+    """
+    scale = 1.0 / jnp.sqrt(jnp.float32(q.shape[-1]))
+    scores = jnp.einsum("btnd,bnsd->bnts", q, keys, preferred_element_type=jnp.float32) * scale
+    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1)
+    return jnp.einsum("bnts,bnsd->btnd", probs.astype(values.dtype), values)
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head self-attention with W^Q, W^K, W^V, W^O (all with biases).
 
@@ -345,8 +357,10 @@ class MultiHeadAttention(nn.Module):
 
     decode=True turns on the KV cache (Flax "cache" collection) for autoregressive decoding:
       * `init` / the first apply with a [B, S_max, E] input creates `cached_key`, `cached_value`
-        [B, S_max, N, D] and `cache_index` [B] (the next write position of each row) and returns
-        the plain (non-cached) attention;
+        [B, N, S_max, D] and `cache_index` [B] (the next write position of each row) and returns
+        the plain (non-cached) attention. Heads before positions: each decode step contracts a
+        head's keys and values in place, where a [B, S, N, D] cache would be transposed (copied
+        whole) in every layer at every step;
       * later calls take a chunk [B, L, E] (L = 1 per step, or a whole prompt block), write its
         keys/values at each row's own `cache_index`, and let query i of row b attend to cache
         positions <= cache_index[b] + i (causal over the cache);
@@ -374,42 +388,50 @@ class MultiHeadAttention(nn.Module):
             )
             for n in ("query", "key", "value")
         )
-        if self.decode:
-            k, v, mask = self._update_cache(k, v, dense_mask(mask, q.shape[1]), decode_lengths)
-
-        use_dropout = not deterministic and cfg.attention_dropout > 0
-        if cfg.attention_impl == "reference" or use_dropout:
+        if self.decode and self.has_variable("cache", "cached_key"):
+            # Causal over the cache; a `mask` argument is not used in decode mode.
+            keys, values, cache_mask = self._update_cache(k, v, decode_lengths)
+            out = cached_attention(q, keys, values, cache_mask)
+        elif cfg.attention_impl == "reference" or (not deterministic and cfg.attention_dropout > 0):
             # The fused kernels have no dropout on the attention probabilities: training with
             # attention_dropout > 0 always takes this (slower, memory-hungrier) path.
+            use_dropout = not deterministic and cfg.attention_dropout > 0
             drop = nn.Dropout(cfg.attention_dropout, deterministic=deterministic)
             out = reference_attention(
                 q, k, v, dense_mask(mask, q.shape[1]), dropout=drop if use_dropout else None
             )
         else:
             out = fused_attention(q, k, v, mask, cfg.attention_impl)
+        if self.decode and not self.has_variable("cache", "cached_key"):
+            self._create_cache(k.shape)  # `init`: the plain attention above, an empty cache
         out = nn.with_logical_constraint(out, ACT_BTNK)
         out = dense(cfg, cfg.hidden_size, ("heads", "kv", "embed"), axis=(-2, -1), name="out")(out)
         return nn.with_logical_constraint(out, ACT_BTE)
 
-    def _update_cache(
-        self, k: Array, v: Array, mask: Array | None, decode_lengths: Array | None
-    ) -> tuple[Array, Array, Array | None]:
-        batch, length = k.shape[:2]
-        initialized = self.has_variable("cache", "cached_key")
-        cached_key = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
-        cached_value = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
-        cache_index = self.variable("cache", "cache_index", jnp.zeros, (batch,), jnp.int32)
-        if not initialized:
-            # Creating the cache (shape = the init input): plain attention, nothing written.
-            return k, v, mask
+    def _create_cache(self, shape: tuple[int, ...]) -> tuple[nn.Variable, ...]:
+        """The cache variables, for `shape` = the [B, S_max, N, D] keys of the `init` input."""
+        batch, max_length, heads, head_dim = shape
+        cache_shape = (batch, heads, max_length, head_dim)
+        dtype = self.cfg.compute_dtype
+        return (
+            self.variable("cache", "cached_key", jnp.zeros, cache_shape, dtype),
+            self.variable("cache", "cached_value", jnp.zeros, cache_shape, dtype),
+            self.variable("cache", "cache_index", jnp.zeros, (batch,), jnp.int32),
+        )
 
-        max_length = cached_key.value.shape[1]
+    def _update_cache(
+        self, k: Array, v: Array, decode_lengths: Array | None
+    ) -> tuple[Array, Array, Array]:
+        """Writes a chunk's keys/values at each row's index; (keys, values, mask [B,1,L,S])."""
+        batch, length = k.shape[:2]
+        cached_key, cached_value, cache_index = self._create_cache(k.shape)
+        max_length = cached_key.value.shape[2]
         index = cache_index.value
 
         def write(cache_row: Array, new_row: Array, start: Array) -> Array:
-            return lax.dynamic_update_slice(
-                cache_row, new_row.astype(cache_row.dtype), (start, 0, 0)
-            )
+            # cache_row [N, S, D], new_row [L, N, D]
+            new_row = new_row.swapaxes(0, 1).astype(cache_row.dtype)
+            return lax.dynamic_update_slice(cache_row, new_row, (0, start, 0))
 
         keys = jax.vmap(write)(cached_key.value, k, index)
         values = jax.vmap(write)(cached_value.value, v, index)
@@ -417,8 +439,7 @@ class MultiHeadAttention(nn.Module):
 
         query_pos = index[:, None] + jnp.arange(length)[None, :]  # [B, L]
         key_pos = jnp.arange(max_length)
-        cache_mask = (key_pos[None, None, :] <= query_pos[:, :, None])[:, None]  # [B, 1, L, S]
-        mask = cache_mask if mask is None else jnp.logical_and(mask, cache_mask)
+        mask = (key_pos[None, None, :] <= query_pos[:, :, None])[:, None]  # [B, 1, L, S]
         step = jnp.full((batch,), length, jnp.int32) if decode_lengths is None else decode_lengths
         cache_index.value = index + step.astype(jnp.int32)
         return keys, values, mask

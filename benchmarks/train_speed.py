@@ -120,19 +120,19 @@ ACCELERATOR_ROWS = ("bert_base", "bert_large", "gpt2_small")
 
 
 def flops_per_step(row: Row, batch: int) -> float:
-    """Model FLOPs of one train step (forward + backward), by the formula in the docstring."""
-    h, i, v, t, layers = row.hidden, row.intermediate, row.vocab, row.seq, row.layers
-    dense = 2 * (4 * h * h + 2 * h * i)  # per token per layer: QKV + output + FFN
-    if row.family == "bert":
-        attention = 4 * t * h
-        forward = batch * t * layers * (dense + attention)
-        forward += batch * (2 * h * h + 2 * 2 * h)  # pooler + NSP on [CLS]
-        forward += batch * row.max_predictions * (2 * h * h + 2 * h * v)  # MLM at masked slots
-    else:
-        attention = 4 * (t + 1) / 2 * h  # causal: (T+1)/2 keys per query on average
-        forward = batch * t * layers * (dense + attention)
-        forward += batch * t * 2 * h * v  # tied LM head at every position
-    return 3.0 * forward
+    """Model FLOPs of one train step: `bertjax.metrics.model_flops_per_step` (the loop's MFU)."""
+    from bertjax import metrics, models
+
+    cfg = models.ModelConfig(
+        model_type="bert" if row.family == "bert" else "gpt2",
+        head="pretraining" if row.family == "bert" else "causal_lm",
+        vocab_size=row.vocab,
+        hidden_size=row.hidden,
+        num_layers=row.layers,
+        num_heads=row.heads,
+        intermediate_size=row.intermediate,
+    )
+    return metrics.model_flops_per_step(cfg, batch, row.seq, row.max_predictions)
 
 
 def matmul_flops(fn: Callable[..., Any], *args: Any) -> float:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import pathlib
 from collections.abc import Mapping
+from typing import Any
 
 import jax
 from absl import logging
@@ -25,6 +26,44 @@ _PEAK_FLOPS: tuple[tuple[str, float], ...] = (
     ("A100", 312e12),
     ("L4", 121e12),
 )
+
+
+def model_flops_per_step(
+    cfg: Any, batch_size: int, seq_len: int, masked_positions: int = 0
+) -> float:
+    """Model FLOPs of one train step (forward + 2 x forward backward) of `cfg` (a ModelConfig).
+
+    Only the matmuls the model needs (embedding lookups, LayerNorm, softmax, GELU and the
+    optimizer are not counted; nor is remat's recomputation), 2 FLOPs per multiply-add:
+
+        per token per layer   2 (4 H^2 + 2 H I)      Q, K, V, output, FFN
+                            + 4 T H                  QK^T and AV (bidirectional)
+                            + 4 (T + 1) / 2 H        (causal: a query sees (T+1)/2 keys)
+        BERT pretraining      + B (2 H^2 + 4 H)      pooler + NSP on [CLS]
+                              + B P (2 H^2 + 2 H V)  MLM transform + tied decoder at P masked slots
+        classification        + B (2 H^2 + 2 H C)    pooler + classifier
+        GPT-2                 + B T 2 H V            tied LM head at every position
+
+    i.e. 6 N per token for the N parameters a token multiplies, plus the attention term. MFU is
+    this times steps/s over the devices' peak.
+    """
+    h, i, v, layers = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.num_layers
+    b, t = batch_size, seq_len
+    dense = 2 * (4 * h * h + 2 * h * i)
+    if cfg.head == "causal_lm":
+        forward = b * t * layers * (dense + 4 * (t + 1) / 2 * h) + b * t * 2 * h * v
+    else:
+        forward = b * t * layers * (dense + 4 * t * h)
+        if cfg.head in ("pretraining", "mlm"):
+            positions = masked_positions or t
+            forward += b * positions * (2 * h * h + 2 * h * v)
+        if cfg.head == "pretraining":
+            forward += b * (2 * h * h + 2 * 2 * h)
+        elif cfg.head == "classification":
+            forward += b * (2 * h * h + 2 * h * cfg.num_labels)
+        elif cfg.head == "encoder":
+            forward += b * 2 * h * h  # pooler
+    return 3.0 * forward
 
 
 def peak_flops_per_device(device: jax.Device | None = None) -> float | None:

@@ -393,7 +393,6 @@ def run(
         ckpt.close()
         return RunResult(step=start, state=None, records=[])
     compiled_step = trainer.step
-    step_flops = _flops(compiled_step)
     jit_eval_step = trainer.eval_step()
     best_metric = task.best_metric(config) if task.best_metric else None
     best = checkpointing.BestCheckpointer(workdir, *best_metric) if best_metric else None
@@ -418,6 +417,12 @@ def run(
     batch_spec = trainer.batch_spec
     seq_len = batch_spec["input_ids"].shape[1] if "input_ids" in batch_spec else 0
     peak = metrics.peak_flops_per_device(mesh.devices.flat[0])
+    # MFU counts model FLOPs (metrics.model_flops_per_step, as benchmarks/train_speed.py), not
+    # XLA's count, which also has the element-wise ops and remat's recomputation.
+    masked = (
+        batch_spec["masked_lm_positions"].shape[1] if "masked_lm_positions" in batch_spec else 0
+    )
+    step_flops = metrics.model_flops_per_step(model_cfg, batch_size, seq_len, masked) / mesh.size
     step, last_saved = start, start if start else None
     # config.profile_steps: a jax.profiler trace of some steps (bertjax/profiling.py).
     profiler = profiling.StepProfiler(config.get("profile_steps", ""), workdir, start)

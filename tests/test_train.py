@@ -53,7 +53,18 @@ def read_metrics(workdir):
     return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_tiny_config_end_to_end(tmp_path):
+def test_tiny_config_end_to_end(tmp_path, monkeypatch):
+    # A made-up peak, so that the loop logs MFU on this CPU; the model-FLOP formula is spied on.
+    monkeypatch.setattr(metrics, "peak_flops_per_device", lambda device=None: 1e12)
+    formula_calls = []
+    model_flops = metrics.model_flops_per_step
+
+    def spy(cfg, batch_size, seq_len, masked_positions=0):
+        flops = model_flops(cfg, batch_size, seq_len, masked_positions)
+        formula_calls.append(((cfg.head, batch_size, seq_len, masked_positions), flops))
+        return flops
+
+    monkeypatch.setattr(metrics, "model_flops_per_step", spy)
     config = tiny_config(
         total_steps=16,
         eval_every=8,
@@ -69,6 +80,11 @@ def test_tiny_config_end_to_end(tmp_path):
     for record in train_records[1:]:  # the first interval has no timing (compilation)
         assert TRAIN_KEYS <= set(record), TRAIN_KEYS - set(record)
     assert all(np.isfinite(r["loss"]) for r in train_records)
+    # MFU = model FLOPs (MLM head at the 5 masked slots of a row) x steps/s / peak.
+    ((args, flops),) = formula_calls
+    assert args == ("pretraining", 8, 32, 5)
+    for record in train_records[1:]:
+        assert record["mfu"] == pytest.approx(record["steps_per_sec"] * flops / 1e12)
     eval_records = [r for r in records if "eval/mlm_accuracy" in r]
     assert [r["step"] for r in eval_records] == [8, 16]
     assert {"eval/loss", "eval/mlm_loss", "eval/nsp_accuracy"} <= set(eval_records[0])

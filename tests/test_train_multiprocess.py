@@ -4,12 +4,14 @@ The 2-process job runs through `launch/local_multiprocess.py` and `bertjax.main`
 `jax.distributed` on 127.0.0.1. Each of its processes reads its own shard of the data, so the
 1-process reference builds both hosts' pipelines and puts their rows side by side: the same
 global batches. Losses, gradient norms and the eval metrics (gathered from both processes) must
-match.
+match. Then the 2-process job loses its last checkpoint and restarts: it restores step 2 (each
+process its own data position) and logs the same steps 3 and 4 again.
 """
 
 import dataclasses
 import json
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -36,7 +38,8 @@ OVERRIDES = {
     "log_every": 1,
     "eval_every": 0,  # at the end
     "eval_batches": 2,
-    "checkpoint_every": 100,
+    "checkpoint_every": 2,
+    "keep_checkpoints": 2,
     "optim.warmup_steps": 1,
     # Data parallel across the two processes, tensor parallel inside each.
     "mesh.data": 2,
@@ -88,8 +91,7 @@ def _two_hosts_in_one(config, host: HostInfo) -> TaskData:
     )
 
 
-def test_two_processes_give_the_losses_of_one_with_four_devices(tmp_path):
-    two = tmp_path / "two_processes"
+def _two_process_job(workdir: pathlib.Path) -> subprocess.CompletedProcess:
     args = [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
     result = subprocess.run(
         [
@@ -99,7 +101,7 @@ def test_two_processes_give_the_losses_of_one_with_four_devices(tmp_path):
             "--devices_per_process=2",
             "--",
             "--config=configs/bert_tiny_pretrain.py",
-            f"--workdir={two}",
+            f"--workdir={workdir}",
             *args,
         ],
         cwd=REPO,
@@ -107,7 +109,13 @@ def test_two_processes_give_the_losses_of_one_with_four_devices(tmp_path):
         text=True,
         timeout=900,
     )
-    assert result.returncode == 0, result.stdout[-4000:]
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return result
+
+
+def test_two_processes_give_the_losses_of_one_with_four_devices(tmp_path):
+    two = tmp_path / "two_processes"
+    result = _two_process_job(two)
     assert "(2 processes)" in result.stdout
     got = [json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines()]
 
@@ -134,3 +142,15 @@ def test_two_processes_give_the_losses_of_one_with_four_devices(tmp_path):
         "process_0-of-2.json",
         "process_1-of-2.json",
     ]
+
+    # A crash after step 2's checkpoint: the restart restores it in both processes and repeats
+    # steps 3 and 4 exactly.
+    shutil.rmtree(two / "checkpoints" / "4")
+    restart = _two_process_job(two)
+    assert restart.stdout.count("resumed from") + restart.stderr.count("resumed from") == 2
+    again = [json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in again] == [1, 2, 3, 4]
+    for g, a in zip(got, again, strict=True):
+        for key in ("loss", "mlm_loss", "nsp_loss", "grad_norm", "param_norm", "learning_rate"):
+            assert a[key] == pytest.approx(g[key], rel=1e-6), (g["step"], key)
+    assert again[-1]["eval/loss"] == pytest.approx(got[-1]["eval/loss"], rel=1e-6)

@@ -404,8 +404,10 @@ def measure(
     """Steps per wall second and per CPU second of each runner, per round (alternating).
 
     On a shared CPU the wall clock counts the time other programs hold the cores; the CPU time
-    of this process does not (both frameworks use the same cores and threads), so it gives a
-    second, steadier ratio. On an accelerator only the wall clock means anything.
+    of this process does not, but it is no cure: under load PyTorch's threads burn extra CPU
+    waiting for a core (7.65 CPU s per bert_cpu step under load, 4.71 alone), so both ratios
+    are inflated on a busy machine. Compare frameworks on a quiet one. On an accelerator only
+    the wall clock means anything.
     """
     for runner in runners.values():
         runner.run(args.warmup)
@@ -503,8 +505,8 @@ def format_table(results: list[dict[str, Any]], header: dict[str, Any]) -> str:
         f"command: {header['command']}",
         f"medians of {header['rounds']} alternating rounds of {header['steps']} steps "
         f"(after {header['warmup']} warm-up steps); ratio = median over rounds of bertjax "
-        "steps/s over transformers steps/s (on a CPU also per CPU second of this process, "
-        "which the load of other programs does not count); FLOPs per step by the formula in "
+        "steps/s over transformers steps/s (on a CPU also per CPU second of this process; "
+        "both are inflated when other programs load the machine); FLOPs per step by the formula in "
         "benchmarks/train_speed.py (6N per token over the matmuls actually computed + attention)",
         "",
         "| " + " | ".join(c for c, _ in cols) + " |",

@@ -148,13 +148,9 @@ class Trainer:
 
     config: ml_collections.ConfigDict
     task: tasks.Task
-    model_cfg: Any
     model: nn.Module
     mesh: jax.sharding.Mesh
     rules: Any
-    batch_size: int
-    tx: optax.GradientTransformation
-    learning_rate: optax.Schedule
     abstract_state: Any  # ShapeDtypeStructs carrying their shardings
     state_shardings: Any
     param_shardings: Any
@@ -318,13 +314,9 @@ def build_trainer(
     return Trainer(
         config=config,
         task=task,
-        model_cfg=model_cfg,
         model=model,
         mesh=mesh,
         rules=rules,
-        batch_size=batch_size,
-        tx=tx,
-        learning_rate=learning_rate,
         abstract_state=abstract_state,
         state_shardings=state_shardings,
         param_shardings=param_shardings,
@@ -355,6 +347,7 @@ def run(
     task = tasks.get(config.task)
     mesh = sharding.make_mesh(config.mesh, devices)
     batch_size = int(config.batch_size)
+    # build_trainer checks this too; here it fails before any data is read or tokenized.
     sharding.check_batch_size(batch_size, mesh, int(config.optim.grad_accum_steps))
     logging.info(
         "mesh %s over %d devices (%d processes); task %s",

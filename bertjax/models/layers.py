@@ -388,7 +388,8 @@ class MultiHeadAttention(nn.Module):
             )
             for n in ("query", "key", "value")
         )
-        if self.decode and self.has_variable("cache", "cached_key"):
+        creating_cache = self.decode and not self.has_variable("cache", "cached_key")
+        if self.decode and not creating_cache:
             # Causal over the cache; a `mask` argument is not used in decode mode.
             keys, values, cache_mask = self._update_cache(k, v, decode_lengths)
             out = cached_attention(q, keys, values, cache_mask)
@@ -402,7 +403,7 @@ class MultiHeadAttention(nn.Module):
             )
         else:
             out = fused_attention(q, k, v, mask, cfg.attention_impl)
-        if self.decode and not self.has_variable("cache", "cached_key"):
+        if creating_cache:
             self._create_cache(k.shape)  # `init`: the plain attention above, an empty cache
         out = nn.with_logical_constraint(out, ACT_BTNK)
         out = dense(cfg, cfg.hidden_size, ("heads", "kv", "embed"), axis=(-2, -1), name="out")(out)

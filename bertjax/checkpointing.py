@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
 from collections.abc import Mapping
 from typing import Any
@@ -29,6 +30,13 @@ from etils import epath
 # ---------------------------------------------------------------------------------------------
 # Per-host JSON (the data iterator's position differs on every host).
 # ---------------------------------------------------------------------------------------------
+
+
+def _absolute(path: str | os.PathLike) -> epath.Path:
+    """`path` as Orbax needs it: absolute. A relative local path (e.g. `--workdir=runs/x`) is
+    taken from the current directory; URLs such as gs://bucket/run are already absolute."""
+    text = os.fspath(path)
+    return epath.Path(text if "://" in text else os.path.abspath(text))
 
 
 def _host_file(directory: epath.Path) -> epath.Path:
@@ -99,7 +107,7 @@ class Checkpointer:
 
     def __init__(self, workdir: str | pathlib.Path, *, keep: int, async_save: bool = True):
         _tune_array_handler()
-        self.directory = epath.Path(workdir) / "checkpoints"
+        self.directory = _absolute(workdir) / "checkpoints"
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             create=True,
@@ -150,7 +158,7 @@ class BestCheckpointer:
         if mode not in ("max", "min"):
             raise ValueError(f"best-metric mode {mode!r} must be 'max' or 'min'")
         self.metric, self.mode = metric, mode
-        self.directory = epath.Path(workdir) / "best"
+        self.directory = _absolute(workdir) / "best"
         options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
         self._manager = ocp.CheckpointManager(self.directory, options=options)
         self.best_value: float | None = None
@@ -224,7 +232,7 @@ def restore_params(path: str | pathlib.Path) -> dict[str, Any]:
     `path` may be a run directory (its best checkpoint when it has one, else its latest), its
     `checkpoints/` or `best/` directory (latest step), or one step directory.
     """
-    step_dir, item = _step_dir(epath.Path(path))
+    step_dir, item = _step_dir(_absolute(path))
     item_dir = step_dir / item
     metadata = ocp.PyTreeCheckpointer().metadata(item_dir)
     tree = getattr(metadata, "item_metadata", None) or metadata

@@ -43,6 +43,26 @@ def test_round_trip_keeps_values_shardings_and_data_position(tmp_path):
     ckpt.close()
 
 
+def test_relative_workdir_saves_and_restores(tmp_path, monkeypatch):
+    """`--workdir=runs/x` (the quickstart's): Orbax refuses relative paths, so they are resolved."""
+    monkeypatch.chdir(tmp_path)
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    state = _state(mesh)
+    ckpt = checkpointing.Checkpointer("runs/x", keep=1)
+    ckpt.save(3, state, {"epoch": 0})
+    ckpt.wait()
+    restored, _ = ckpt.restore(3, _abstract(state))
+    ckpt.close()
+    np.testing.assert_array_equal(
+        np.asarray(jax.tree.leaves(restored)[0]), np.asarray(jax.tree.leaves(state)[0])
+    )
+    best = checkpointing.BestCheckpointer("runs/x", "eval/accuracy", "max")
+    assert best.maybe_save(3, state["params"], {"eval/accuracy": 0.5})
+    best.close()
+    assert (tmp_path / "runs" / "x" / "checkpoints" / "3").is_dir()
+    assert jax.tree.leaves(checkpointing.restore_params("runs/x"))
+
+
 def test_restore_onto_another_mesh(tmp_path):
     mesh8 = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
     ckpt = checkpointing.Checkpointer(tmp_path, keep=1)

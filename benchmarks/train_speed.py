@@ -9,10 +9,13 @@ What is timed, per row, on the same batches for both frameworks:
 * bertjax: the REAL jitted train step of `bertjax/train.py` (`train.build_trainer`: sharded
   state, the task's loss, AdamW with global-norm clipping, the state donated), one call per
   step, batches already on the device; timed until the last step's outputs are ready.
+  bfloat16 compute with float32 master weights, except on a CPU without bf16 matmul
+  instructions (AMX-BF16 or AVX512-BF16, read from /proc/cpuinfo), where it is float32.
 * transformers: `BertForPreTraining` (MLM + NSP) or `GPT2LMHeadModel` of the same size, the
   same loss, `torch.optim.AdamW` (weight decay off for biases and LayerNorm, as the BERT recipe),
   `clip_grad_norm_(1.0)`; on a GPU bf16 autocast, SDPA attention and the fused AdamW (what a
-  user of the Trainer gets with `bf16=True`); on the CPU float32 with the same thread count.
+  user of the Trainer gets with `bf16=True`); on the CPU float32 with the same thread count
+  (what a user of transformers runs there), or bf16 autocast with `--torch_dtype=bfloat16`.
 
 Both run `--rounds` rounds of `--steps` steps after `--warmup` steps, ALTERNATING between the
 frameworks (the machine is shared and noisy), and the table gives the median of the rounds.
@@ -335,8 +338,8 @@ class TorchRunner:
         groups = [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0}]
         self.opt = torch.optim.AdamW(groups, lr=1e-4, eps=1e-6, fused=self.cuda or None)
         self.autocast = (
-            torch.autocast("cuda", dtype=torch.bfloat16)
-            if self.cuda and args.dtype == "bfloat16"
+            torch.autocast(self.device.type, dtype=torch.bfloat16)
+            if args.torch_dtype == "bfloat16"
             else contextlib.nullcontext()
         )
         self.batches = [self._to_torch(b) for b in host_batches]
@@ -445,6 +448,18 @@ def device_description() -> tuple[str, int, str]:
     return dev.platform, jax.device_count(), kind
 
 
+def cpu_bf16_units() -> str:
+    """The bf16 matmul instructions this CPU has ("amx_bf16", "avx512_bf16"), or ""."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next(
+                (line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []
+            )
+    except OSError:
+        return ""
+    return ", ".join(flag for flag in ("amx_bf16", "avx512_bf16") if flag in flags)
+
+
 def peak_for(kind: str) -> tuple[float, float | None] | None:
     for marker, peaks in PEAK_TFLOPS.items():
         if marker.lower() in kind.lower():
@@ -499,8 +514,9 @@ def format_table(results: list[dict[str, Any]], header: dict[str, Any]) -> str:
         "",
         f"device: {header['device']} x {header['devices']} ({header['platform']}); "
         f"jax {header['jax']}, torch {header['torch']}, transformers {header['transformers']}",
-        f"compute dtype {header['dtype']} (params float32), remat {header['remat']}, "
-        f"attention {header['attention_impl']}{header['threads']}",
+        f"compute dtype: bertjax {header['dtype']} (params float32), transformers "
+        f"{header['torch_dtype']}{' (autocast)' if header['torch_dtype'] == 'bfloat16' else ''}; "
+        f"remat {header['remat']}, attention {header['attention_impl']}{header['threads']}",
         f"peak: {header['peak']}",
         f"command: {header['command']}",
         f"medians of {header['rounds']} alternating rounds of {header['steps']} steps "
@@ -687,7 +703,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--num_batches", type=int, default=4, help="distinct batches cycled")
-    parser.add_argument("--dtype", default="", help="compute dtype (default: bf16 off CPU)")
+    parser.add_argument(
+        "--dtype",
+        default="",
+        help="bertjax compute dtype (default: bfloat16, but float32 on a CPU without bf16 "
+        "matmul instructions)",
+    )
+    parser.add_argument(
+        "--torch_dtype",
+        default="",
+        help="transformers side: float32, or bfloat16 (torch.autocast). Default: as --dtype on "
+        "an accelerator, float32 on a CPU (what a user of transformers runs there)",
+    )
     parser.add_argument("--remat", default="none")
     parser.add_argument("--attention_impl", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: cores)")
@@ -711,7 +738,12 @@ def main(argv: list[str] | None = None) -> None:
 
     plat, total_devices, kind = device_description()
     on_cpu = plat == "cpu"
-    args.dtype = args.dtype or ("float32" if on_cpu else "bfloat16")
+    bf16_units = cpu_bf16_units() if on_cpu else ""
+    args.dtype = args.dtype or ("float32" if on_cpu and not bf16_units else "bfloat16")
+    args.torch_dtype = args.torch_dtype or ("float32" if on_cpu else args.dtype)
+    for flag in ("dtype", "torch_dtype"):
+        if getattr(args, flag) not in ("float32", "bfloat16"):
+            parser.error(f"--{flag}={getattr(args, flag)}: expected float32 or bfloat16")
     args.steps = args.steps or (3 if on_cpu else 20)
     if args.configs:
         plan = []
@@ -759,8 +791,9 @@ def main(argv: list[str] | None = None) -> None:
     cpu_note = ""
     if on_cpu:
         cpu_note = (
-            f"; {cores} cores: torch {threads} threads, XLA's intra-op threads over all cores "
-            "(a mesh of several host devices runs data parallel over them)"
+            f"; {cores} cores (bf16 matmul instructions: {bf16_units or 'none'}): torch "
+            f"{threads} threads, XLA's intra-op threads over all cores (a mesh of several host "
+            "devices runs data parallel over them)"
         )
     header = {
         "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
@@ -771,6 +804,7 @@ def main(argv: list[str] | None = None) -> None:
         "torch": torch_version,
         "transformers": transformers_version,
         "dtype": args.dtype,
+        "torch_dtype": args.torch_dtype,
         "remat": args.remat,
         "attention_impl": args.attention_impl,
         "threads": cpu_note,

@@ -180,9 +180,8 @@ class Trainer:
 
     def init_state(self, rng: jax.Array) -> dict[str, Any]:
         """A fresh state, each array created directly in its sharding."""
-        # Initialisation is traced without a mesh in context: flax's DenseGeneral reshapes a
-        # flat kernel *after* its logical constraint, which fails under a mesh. The
-        # out_shardings still put every array where it belongs.
+        # Initialisation is traced without a mesh in context, so that no logical constraint
+        # inside the model applies to it; the out_shardings put every array where it belongs.
         with jax.set_mesh(None), nn.logical_axis_rules(self.rules):
             return jax.jit(self._init_state, out_shardings=self.state_shardings)(rng)
 

@@ -235,6 +235,23 @@ def test_dropout_only_in_training():
         jax.eval_shape(lambda: model.apply({"params": params}, b, train=True))
 
 
+@pytest.mark.parametrize("rate", [0.1, 0.5])
+def test_dropout_rate_and_expectation(rate):
+    """The 16-bit coins drop `rate` of the elements (odd widths too) and keep the mean."""
+    x = jnp.ones((64, 257), jnp.float32)  # odd last axis: the two halves of a word overlap
+    layer = layers.Dropout(rate)
+    y = layer.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(0)})
+    dropped = float(jnp.mean(y == 0))
+    assert abs(dropped - rate) < 4 * (rate * (1 - rate) / x.size) ** 0.5  # 4 sigma
+    assert abs(float(jnp.mean(y)) - 1.0) < 0.03
+    values = np.unique(np.asarray(y))
+    assert len(values) == 2 and values[0] == 0
+    np.testing.assert_allclose(values[1], 1 / (1 - rate), rtol=1e-4)
+    # the first and second halves of the last axis use different bits of the same words
+    assert not np.array_equal(np.asarray(y[:, :128] == 0), np.asarray(y[:, 128:256] == 0))
+    assert layer.apply({}, x, deterministic=True) is x
+
+
 def test_remat_same_loss_and_grads():
     """remat="full" (policy None) gives the loss and gradients of no remat."""
     cfg = tiny(num_layers=1)

@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bertjax.models import layers
+from bertjax.models import layers, matmul
 from bertjax.models.config import ModelConfig
 
 Array = jax.Array
@@ -53,7 +53,7 @@ class BertEmbeddings(nn.Module):
             cfg, cfg.type_vocab_size, ("type_vocab", "embed"), "token_type_embeddings"
         )
         self.layer_norm = layers.LayerNorm(cfg.layer_norm_eps, cfg.compute_dtype, cfg.params_dtype)
-        self.dropout = nn.Dropout(cfg.hidden_dropout)
+        self.dropout = layers.Dropout(cfg.hidden_dropout)
 
     def __call__(
         self,
@@ -81,13 +81,7 @@ class BertEmbeddings(nn.Module):
 
     def attend(self, x: Array) -> Array:
         """x @ word_embeddings^T in the compute dtype, accumulated and returned in float32."""
-        table = self.word_embeddings.embedding.astype(self.cfg.compute_dtype)
-        return jnp.einsum(
-            "...h,vh->...v",
-            x.astype(self.cfg.compute_dtype),
-            table,
-            preferred_element_type=jnp.float32,
-        )
+        return matmul.tied_logits(x, self.word_embeddings.embedding, self.cfg.compute_dtype)
 
 
 class BertEncoder(nn.Module):
@@ -231,7 +225,7 @@ class BertForSequenceClassification(BertModel):
 
     def setup(self) -> None:
         super().setup()
-        self.dropout = nn.Dropout(self.cfg.hidden_dropout)
+        self.dropout = layers.Dropout(self.cfg.hidden_dropout)
         self.classifier = layers.dense(
             self.cfg, self.cfg.num_labels, ("embed", "labels"), name="classifier"
         )

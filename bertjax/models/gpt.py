@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bertjax.models import layers
+from bertjax.models import layers, matmul
 from bertjax.models.config import ModelConfig
 
 Array = jax.Array
@@ -94,7 +94,7 @@ class GPTLMHeadModel(nn.Module):
         )
         x = word_embeddings(input_ids) + position_embeddings(positions)
         x = nn.with_logical_constraint(x, layers.ACT_BTE)
-        x = nn.Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
+        x = layers.Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
         layer = layers.layer_class(cfg)
         for i in range(cfg.num_layers):
             x = layer(cfg, pre_ln=True, decode=self.decode, name=f"layer_{i}")(
@@ -111,13 +111,7 @@ class GPTLMHeadModel(nn.Module):
         else:
             hidden_for_logits = hidden
         # Tied head: logits = h @ E^T, matmul in the compute dtype, accumulated in float32.
-        table = word_embeddings.embedding.astype(cfg.compute_dtype)
-        logits = jnp.einsum(
-            "...h,vh->...v",
-            hidden_for_logits.astype(cfg.compute_dtype),
-            table,
-            preferred_element_type=jnp.float32,
-        )
+        logits = matmul.tied_logits(hidden_for_logits, word_embeddings.embedding, cfg.compute_dtype)
         logits = nn.with_logical_constraint(logits, ("act_batch", "act_length", "act_vocab"))
         return {"hidden_states": hidden, "logits": logits}
 

@@ -1,0 +1,210 @@
+"""The model's weight matmuls: dense layers (x W + b) and the tied output head (x E^T).
+
+On GPU and TPU these are plain `dot_general`s: the compilers pick good kernels for any operand
+layout. XLA:CPU (jax 0.10) is different for bfloat16: it hands a bf16 x bf16 -> f32 dot to
+YNNPACK, whose kernels use AMX / AVX512-BF16, ONLY when the dot is in the canonical layout
+A[M, K] @ B[K, N] (A contracted on its last axis, B on its first). Every other bf16 dot -
+including a bf16 result, and the transposed operands that autodiff produces for the backward
+pass (dX = dY W^T, dW = X^T dY) - is upcast to float32 and runs 3-5x slower (measured on a
+2-core Sapphire Rapids: 4096x256x1024 bf16->f32 canonical 730 GFLOP/s; the same with a bf16
+result or a transposed operand 130-190; float32 190-250).
+
+So on a CPU with bf16 compute, `linear` and `tied_logits` are `custom_vjp`s whose forward and
+backward matmuls are all canonical, with the few transposes they need made explicit by
+`materialized_transpose` (a transpose XLA's simplifier cannot fold back into the dot).
+Elsewhere both functions are the plain formulas. Either way the maths is the same:
+inputs rounded to the compute dtype, products accumulated in float32; `linear` adds the bias in
+float32 before rounding its output to the compute dtype on the CPU path, in the compute dtype
+on the plain one (as `flax.linen.DenseGeneral`).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def use_canonical_matmuls(dtype: jnp.dtype) -> bool:
+    """Whether matmuls in `dtype` take the canonical-layout path: bf16 compute on XLA:CPU."""
+    return jnp.dtype(dtype) == jnp.bfloat16 and jax.default_backend() == "cpu"
+
+
+def materialized_transpose(a: Array, axes: tuple[int, ...] | None = None) -> Array:
+    """`jnp.transpose(a, axes)` (default: swap the last two axes) as a real row-major copy.
+
+    A plain transpose feeding a dot is folded into the dot's dimension numbers (a
+    non-canonical dot, see the module docstring); routed through a trailing unit axis it is
+    not folded, and XLA writes it out. `tests/test_matmul.py` checks that the compiled HLO
+    keeps every bf16 dot on the fast path, so a compiler that learns to see through this
+    shows up there.
+    """
+    if axes is None:
+        axes = (*range(a.ndim - 2), a.ndim - 1, a.ndim - 2)
+    return jnp.transpose(a[..., None], (*axes, a.ndim))[..., 0]
+
+
+def _dot_f32(a: Array, b: Array) -> Array:
+    """a[M, K] @ b[K, N], accumulated and returned in float32."""
+    return jnp.dot(a, b, preferred_element_type=jnp.float32)
+
+
+def _column_sums(g: Array) -> Array:
+    """g[M, N] summed over M in float32 (a bias gradient)."""
+    return jnp.sum(g.astype(jnp.float32), axis=0)
+
+
+# ------------------------------------------------------------------------------------- linear
+
+
+@jax.custom_vjp
+def _canonical_linear(x: Array, kernel: Array, bias: Array) -> Array:
+    """x[M, K] @ kernel[K, N] + bias[N], in x's dtype; kernel and bias in any float dtype."""
+    y = _dot_f32(x, kernel.astype(x.dtype)) + bias.astype(jnp.float32)
+    return y.astype(x.dtype)
+
+
+def _canonical_linear_fwd(x: Array, kernel: Array, bias: Array):
+    w = kernel.astype(x.dtype)
+    y = (_dot_f32(x, w) + bias.astype(jnp.float32)).astype(x.dtype)
+    # The parameters ride along only for their dtypes (residuals must be arrays); they are
+    # alive anyway.
+    return y, (x, w, kernel, bias)
+
+
+def _canonical_linear_bwd(residuals, g: Array):
+    x, w, kernel, bias = residuals
+    g = g.astype(x.dtype)
+    dx = _dot_f32(g, materialized_transpose(w)).astype(x.dtype)
+    dkernel = _dot_f32(materialized_transpose(x), g).astype(kernel.dtype)
+    dbias = _column_sums(g).astype(bias.dtype)
+    return dx, dkernel, dbias
+
+
+_canonical_linear.defvjp(_canonical_linear_fwd, _canonical_linear_bwd)
+
+
+def linear(x: Array, kernel: Array, bias: Array | None, dtype: jnp.dtype) -> Array:
+    """x[..., K] @ kernel[K, N] (+ bias[N]) in the compute `dtype`; the result in `dtype`.
+
+    `kernel` and `bias` are the stored parameters (any float dtype); their gradients come back
+    in that dtype.
+    """
+    x = x.astype(dtype)
+    lead = x.shape[:-1]
+    n = kernel.shape[-1]
+    if use_canonical_matmuls(dtype):
+        if bias is None:
+            bias = jnp.zeros((n,), jnp.float32)
+        y = _canonical_linear(x.reshape(-1, x.shape[-1]), kernel, bias)
+        return y.reshape(*lead, n)
+    y = jnp.dot(x, kernel.astype(dtype))
+    return y if bias is None else y + bias.astype(dtype)
+
+
+# -------------------------------------------------------------------------------- tied logits
+
+
+def _transpose_output_is_cheaper(rows: int, vocab: int, hidden: int) -> bool:
+    """For x[rows, H] @ E[V, H]^T: is (E @ x^T)^T (copies x and the [V, rows] result) cheaper
+    than x @ (E^T) (copies E)? True for a few rows against a large table (decoding)."""
+    return rows * (hidden + vocab) < vocab * hidden
+
+
+def _canonical_tied_logits_forward(x: Array, table: Array) -> Array:
+    rows, hidden = x.shape
+    vocab = table.shape[0]
+    if _transpose_output_is_cheaper(rows, vocab, hidden):
+        return materialized_transpose(_dot_f32(table, materialized_transpose(x)))
+    return _dot_f32(x, materialized_transpose(table))
+
+
+@jax.custom_vjp
+def _canonical_tied_logits(x: Array, table: Array) -> Array:
+    """x[M, H] @ table[V, H]^T in float32; x in the compute dtype, table in any float dtype."""
+    return _canonical_tied_logits_forward(x, table.astype(x.dtype))
+
+
+def _canonical_tied_logits_fwd(x: Array, table: Array):
+    e = table.astype(x.dtype)
+    return _canonical_tied_logits_forward(x, e), (x, e, table)
+
+
+def _canonical_tied_logits_bwd(residuals, g: Array):
+    x, e, table = residuals
+    g = g.astype(x.dtype)
+    dx = _dot_f32(g, e).astype(x.dtype)  # [M, V] @ [V, H]: canonical as it stands
+    dtable = materialized_transpose(_dot_f32(materialized_transpose(x), g))  # ([H,M] @ [M,V])^T
+    return dx, dtable.astype(table.dtype)
+
+
+_canonical_tied_logits.defvjp(_canonical_tied_logits_fwd, _canonical_tied_logits_bwd)
+
+
+def tied_logits(x: Array, table: Array, dtype: jnp.dtype) -> Array:
+    """x[..., H] @ table[V, H]^T: inputs in the compute `dtype`, logits in float32."""
+    x = x.astype(dtype)
+    if use_canonical_matmuls(dtype):
+        lead = x.shape[:-1]
+        logits = _canonical_tied_logits(x.reshape(-1, x.shape[-1]), table)
+        return logits.reshape(*lead, table.shape[0])
+    return jnp.einsum("...h,vh->...v", x, table.astype(dtype), preferred_element_type=jnp.float32)
+
+
+# ------------------------------------------------------------------------------ attention core
+
+_BTND_TO_BNTD = (0, 2, 1, 3)  # [B, T, N, D] <-> [B, N, T, D] (its own inverse)
+
+
+def _batched_dot_f32(a: Array, b: Array) -> Array:
+    """a[B, N, T, K] @ b[B, N, K, S] per (B, N), accumulated and returned in float32."""
+    return jnp.einsum("bntk,bnks->bnts", a, b, preferred_element_type=jnp.float32)
+
+
+def _attention_probs(q: Array, kt: Array, mask: Array | None) -> Array:
+    """softmax(q kt / sqrt(d) masked) in float32; q [B,N,T,D], kt [B,N,D,S]."""
+    scores = _batched_dot_f32(q, kt) * (q.shape[-1] ** -0.5)
+    if mask is not None:
+        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    return jax.nn.softmax(scores, axis=-1)
+
+
+@jax.custom_vjp
+def _canonical_attention(q: Array, k: Array, v: Array, mask: Array | None) -> Array:
+    return _canonical_attention_fwd(q, k, v, mask)[0]
+
+
+def _canonical_attention_fwd(q: Array, k: Array, v: Array, mask: Array | None):
+    qh = materialized_transpose(q, _BTND_TO_BNTD)
+    kh = materialized_transpose(k, _BTND_TO_BNTD)
+    vh = materialized_transpose(v, _BTND_TO_BNTD)
+    probs = _attention_probs(qh, materialized_transpose(kh), mask)  # float32, kept for the vjp
+    out = _batched_dot_f32(probs.astype(q.dtype), vh).astype(q.dtype)
+    return materialized_transpose(out, _BTND_TO_BNTD), (qh, kh, vh, probs, mask)
+
+
+def _canonical_attention_bwd(residuals, g: Array):
+    qh, kh, vh, probs, mask = residuals
+    gh = materialized_transpose(g.astype(qh.dtype), _BTND_TO_BNTD)  # [B, N, T, D]
+    dprobs = _batched_dot_f32(gh, materialized_transpose(vh))  # [B, N, T, S]
+    dv = _batched_dot_f32(materialized_transpose(probs.astype(qh.dtype)), gh)  # [B, N, S, D]
+    dscores = probs * (dprobs - jnp.sum(dprobs * probs, axis=-1, keepdims=True))
+    dscores = (dscores * (qh.shape[-1] ** -0.5)).astype(qh.dtype)  # masked entries: p = 0
+    dq = _batched_dot_f32(dscores, kh)
+    dk = _batched_dot_f32(materialized_transpose(dscores), qh)
+    back = [materialized_transpose(d.astype(qh.dtype), _BTND_TO_BNTD) for d in (dq, dk, dv)]
+    return (*back, None)  # a boolean mask has no cotangent
+
+
+_canonical_attention.defvjp(_canonical_attention_fwd, _canonical_attention_bwd)
+
+
+def attention(q: Array, k: Array, v: Array, mask: Array | None) -> Array:
+    """softmax(Q K^T / sqrt(d) + mask) V on XLA:CPU's fast bf16 path; q,k,v [B, T, N, D].
+
+    `mask`: boolean, broadcastable to [B, N, T, S] (True = may attend), or None. Scores and
+    softmax in float32, the probabilities rounded to the compute dtype before the PV matmul,
+    as `jax.nn.dot_product_attention`'s XLA implementation. No dropout on the probabilities.
+    """
+    return _canonical_attention(q, k, v, mask)

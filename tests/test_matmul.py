@@ -20,6 +20,10 @@ from bertjax.models import matmul
 
 BF16, F32 = jnp.bfloat16, jnp.float32
 
+pytestmark = pytest.mark.skipif(
+    jax.default_backend() != "cpu", reason="the canonical path is XLA:CPU's"
+)
+
 
 def _normal(seed: int, shape: tuple[int, ...], dtype=F32) -> jax.Array:
     return jax.random.normal(jax.random.key(seed), shape, F32).astype(dtype)
@@ -46,7 +50,7 @@ def _bf16_dots_not_upcast(hlo: str) -> list[str]:
                 continue
             operands = [shapes.get(name, "?[]") for name in m.groups()]
             dims = [re.findall(r"\d+", shape.split("[", 1)[1]) for shape in operands]
-            if any(d in ("1",) for ds in dims for d in ds):
+            if any(d == "1" for ds in dims for d in ds):
                 continue
             if {shape.split("[")[0] for shape in operands} != {"bf16"}:
                 bad.append(line.strip()[:160])
@@ -54,7 +58,6 @@ def _bf16_dots_not_upcast(hlo: str) -> list[str]:
 
 
 def test_the_path_is_taken_only_for_bf16_on_cpu():
-    assert jax.default_backend() == "cpu"
     assert matmul.use_canonical_matmuls(BF16)
     assert not matmul.use_canonical_matmuls(F32)
 
@@ -108,14 +111,25 @@ def test_tied_logits_values_and_gradients_match_the_formula(rows):
         _close(a, b, 2e-2)
 
 
-def test_attention_values_and_gradients_match_jax_attention():
+def _attention_masks(b: int, t: int) -> dict[str, jax.Array]:
+    positions = jnp.arange(t)
+    lengths = jnp.array([t, t // 2 + 1])
+    padding = positions[None, None, None, :] < lengths[:, None, None, None]
+    causal = positions[None, None, None, :] <= positions[None, None, :, None]
+    # Packed rows: two segments, then padding (segment 0) whose queries attend to no key.
+    segments = jnp.where(positions < t // 3, 1, jnp.where(positions < t - 3, 2, 0))
+    segments = jnp.stack([segments, jnp.where(positions < t // 2, 1, 0)])
+    same = segments[:, None, :, None] == segments[:, None, None, :]
+    packed = same & (segments[:, None, None, :] != 0)
+    return {"padding_and_causal": padding & causal, "packed_with_empty_rows": packed}
+
+
+@pytest.mark.parametrize("mask_name", ["none", "padding_and_causal", "packed_with_empty_rows"])
+def test_attention_values_and_gradients_match_jax_attention(mask_name):
     b, t, n, d = 2, 16, 3, 8
     q, k, v = (_normal(i, (b, t, n, d), BF16) for i in range(3))
-    g = _normal(3, (b, t, n, d))
-    lengths = jnp.array([16, 9])
-    mask = (jnp.arange(t)[None, None, None, :] < lengths[:, None, None, None]) & (
-        jnp.arange(t)[None, None, None, :] <= jnp.arange(t)[None, None, :, None]
-    )  # padding and causal together
+    g = _normal(3, (b, t, n, d))  # nonzero at every position, padding included
+    mask = None if mask_name == "none" else _attention_masks(b, t)[mask_name]
 
     def loss(fn, q, k, v):
         return jnp.sum(fn(q, k, v).astype(F32) * g)

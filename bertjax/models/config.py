@@ -50,8 +50,9 @@ class ModelConfig:
     param_dtype: str = "float32"
     remat: str = "none"
     # "auto": cuDNN flash attention (through jax.nn.dot_product_attention) on a CUDA GPU with
-    # bf16/fp16 compute and a head dim it supports, else "xla" (jax 0.10's implementation=None
-    # never picks cuDNN by itself); "xla": XLA's attention on any platform; "cudnn": force
+    # bf16/fp16 compute and a head dim it supports, bertjax's canonical-layout attention
+    # (models/matmul.py) for bf16 on a CPU, else "xla" (jax 0.10's implementation=None never
+    # picks cuDNN by itself); "xla": XLA's attention on any platform; "cudnn": force
     # cuDNN (errors where unsupported); "reference": the plain einsum formula. Training with
     # attention_dropout > 0 always takes the reference path, since the fused kernels have no
     # dropout on attention probabilities: set it to 0 for the fast path.

@@ -38,16 +38,22 @@ ACT_BTNK = ("act_batch", "act_length", "act_heads", "act_kv")
 ACT_BTM = ("act_batch", "act_length", "act_mlp")
 
 
-# The two GELUs in float32 whatever x's dtype: in bf16 on XLA:CPU jax.nn.gelu is 2.5-3.5x
-# slower (forward and gradient), which was 6% of the bert_cpu train step.
+# On a CPU the two GELUs are computed in float32 whatever x's dtype: there jax.nn.gelu in bf16
+# is 2.5-3.5x slower (forward and gradient; 6% of the bert_cpu train step), and the erf form is
+# faster than jax's erfc form in float32 too. On accelerators jax.nn.gelu, which XLA fuses in
+# the compute dtype (float32 intermediates there would double the GELU's saved activations).
 def _gelu_erf(x: Array) -> Array:
     """BERT's exact GELU, x Phi(x) = x/2 (1 + erf(x / sqrt 2)) (Hugging Face BERT's formula)."""
+    if jax.default_backend() != "cpu":
+        return jax.nn.gelu(x, approximate=False)
     x32 = x.astype(jnp.float32)
     return (x32 * 0.5 * (1.0 + lax.erf(x32 * (1 / math.sqrt(2))))).astype(x.dtype)
 
 
 def _gelu_tanh(x: Array) -> Array:
     """GPT-2's "gelu_new": x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    if jax.default_backend() != "cpu":
+        return jax.nn.gelu(x, approximate=True)
     x32 = x.astype(jnp.float32)
     inner = math.sqrt(2 / math.pi) * (x32 + 0.044715 * x32**3)
     return (0.5 * x32 * (1.0 + jnp.tanh(inner))).astype(x.dtype)
@@ -172,6 +178,8 @@ class Dropout(nn.Module):
         if deterministic or self.rate == 0.0:
             return x
         threshold = min(round(self.rate * 2**16), 2**16)
+        if threshold == 0:  # a rate under 2^-17 drops nothing at 16-bit resolution
+            return x
         if threshold == 2**16:
             return jnp.zeros_like(x)
         n = x.shape[-1]
@@ -342,8 +350,9 @@ def fused_attention(
     """softmax(Q K^T / sqrt(d)) V through `jax.nn.dot_product_attention`; q,k,v: [B, T, N, D].
 
     impl "cudnn": cuDNN flash attention (GPU, bf16/fp16; errors otherwise); "auto": cuDNN
-    when `cudnn_unsupported_reason` finds nothing against it, else XLA; "xla": XLA's
-    attention (the einsum formula, compiled for any platform).
+    when `cudnn_unsupported_reason` finds nothing against it, else `matmul.attention` for bf16
+    on a CPU (XLA:CPU's fast bf16 layout), else XLA's; "xla": XLA's attention (the einsum
+    formula, compiled for any platform).
     """
     structured = isinstance(mask, AttentionMask)
     has_dense = (mask is not None and not structured) or (
@@ -465,10 +474,10 @@ class MultiHeadAttention(nn.Module):
             # The fused kernels have no dropout on the attention probabilities: training with
             # attention_dropout > 0 always takes this (slower, memory-hungrier) path.
             use_dropout = not deterministic and cfg.attention_dropout > 0
-            drop = functools.partial(Dropout(cfg.attention_dropout), deterministic=deterministic)
-            out = reference_attention(
-                q, k, v, dense_mask(mask, q.shape[1]), dropout=drop if use_dropout else None
-            )
+            drop = None
+            if use_dropout:
+                drop = functools.partial(Dropout(cfg.attention_dropout), deterministic=False)
+            out = reference_attention(q, k, v, dense_mask(mask, q.shape[1]), dropout=drop)
         else:
             out = fused_attention(q, k, v, mask, cfg.attention_impl)
         if creating_cache:

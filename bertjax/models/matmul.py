@@ -1,4 +1,4 @@
-"""The model's weight matmuls: dense layers (x W + b) and the tied output head (x E^T).
+"""The model's matmuls: dense layers (x W + b), the tied output head (x E^T), attention core.
 
 On GPU and TPU these are plain `dot_general`s: the compilers pick good kernels for any operand
 layout. XLA:CPU (jax 0.10) is different for bfloat16: it hands a bf16 x bf16 -> f32 dot to
@@ -9,13 +9,15 @@ pass (dX = dY W^T, dW = X^T dY) - is upcast to float32 and runs 3-5x slower (mea
 2-core Sapphire Rapids: 4096x256x1024 bf16->f32 canonical 730 GFLOP/s; the same with a bf16
 result or a transposed operand 130-190; float32 190-250).
 
-So on a CPU with bf16 compute, `linear` and `tied_logits` are `custom_vjp`s whose forward and
-backward matmuls are all canonical, with the few transposes they need made explicit by
-`materialized_transpose` (a transpose XLA's simplifier cannot fold back into the dot).
-Elsewhere both functions are the plain formulas. Either way the maths is the same:
-inputs rounded to the compute dtype, products accumulated in float32; `linear` adds the bias in
-float32 before rounding its output to the compute dtype on the CPU path, in the compute dtype
-on the plain one (as `flax.linen.DenseGeneral`).
+So on a CPU with bf16 compute, `linear`, `tied_logits` and `attention` are `custom_vjp`s
+whose forward and backward matmuls are all canonical, with the few transposes they need made
+explicit by `materialized_transpose` (a transpose XLA's simplifier cannot fold back into the
+dot). Elsewhere `linear` and `tied_logits` are the plain formulas (and the models call
+`jax.nn.dot_product_attention`). Both paths round the inputs to the compute dtype and
+accumulate in float32; they differ only in where results are rounded: the CPU path adds the
+bias in float32 before rounding (the plain one in bf16, as `flax.linen.DenseGeneral`), returns
+weight gradients from a float32 accumulator without a bf16 rounding, and rounds the float32
+logits' gradient to bf16 before the tied head's backward matmuls.
 """
 
 from __future__ import annotations
@@ -61,11 +63,10 @@ def _column_sums(g: Array) -> Array:
 @jax.custom_vjp
 def _canonical_linear(x: Array, kernel: Array, bias: Array) -> Array:
     """x[M, K] @ kernel[K, N] + bias[N], in x's dtype; kernel and bias in any float dtype."""
-    y = _dot_f32(x, kernel.astype(x.dtype)) + bias.astype(jnp.float32)
-    return y.astype(x.dtype)
+    return _canonical_linear_fwd(x, kernel, bias)[0]
 
 
-def _canonical_linear_fwd(x: Array, kernel: Array, bias: Array):
+def _canonical_linear_fwd(x: Array, kernel: Array, bias: Array) -> tuple[Array, tuple]:
     w = kernel.astype(x.dtype)
     y = (_dot_f32(x, w) + bias.astype(jnp.float32)).astype(x.dtype)
     # The parameters ride along only for their dtypes (residuals must be arrays); they are
@@ -73,7 +74,7 @@ def _canonical_linear_fwd(x: Array, kernel: Array, bias: Array):
     return y, (x, w, kernel, bias)
 
 
-def _canonical_linear_bwd(residuals, g: Array):
+def _canonical_linear_bwd(residuals: tuple, g: Array) -> tuple[Array, Array, Array]:
     x, w, kernel, bias = residuals
     g = g.astype(x.dtype)
     dx = _dot_f32(g, materialized_transpose(w)).astype(x.dtype)
@@ -126,12 +127,12 @@ def _canonical_tied_logits(x: Array, table: Array) -> Array:
     return _canonical_tied_logits_forward(x, table.astype(x.dtype))
 
 
-def _canonical_tied_logits_fwd(x: Array, table: Array):
+def _canonical_tied_logits_fwd(x: Array, table: Array) -> tuple[Array, tuple]:
     e = table.astype(x.dtype)
     return _canonical_tied_logits_forward(x, e), (x, e, table)
 
 
-def _canonical_tied_logits_bwd(residuals, g: Array):
+def _canonical_tied_logits_bwd(residuals: tuple, g: Array) -> tuple[Array, Array]:
     x, e, table = residuals
     g = g.astype(x.dtype)
     dx = _dot_f32(g, e).astype(x.dtype)  # [M, V] @ [V, H]: canonical as it stands
@@ -175,7 +176,9 @@ def _canonical_attention(q: Array, k: Array, v: Array, mask: Array | None) -> Ar
     return _canonical_attention_fwd(q, k, v, mask)[0]
 
 
-def _canonical_attention_fwd(q: Array, k: Array, v: Array, mask: Array | None):
+def _canonical_attention_fwd(
+    q: Array, k: Array, v: Array, mask: Array | None
+) -> tuple[Array, tuple]:
     qh = materialized_transpose(q, _BTND_TO_BNTD)
     kh = materialized_transpose(k, _BTND_TO_BNTD)
     vh = materialized_transpose(v, _BTND_TO_BNTD)
@@ -184,16 +187,22 @@ def _canonical_attention_fwd(q: Array, k: Array, v: Array, mask: Array | None):
     return materialized_transpose(out, _BTND_TO_BNTD), (qh, kh, vh, probs, mask)
 
 
-def _canonical_attention_bwd(residuals, g: Array):
+def _canonical_attention_bwd(residuals: tuple, g: Array) -> tuple:
     qh, kh, vh, probs, mask = residuals
     gh = materialized_transpose(g.astype(qh.dtype), _BTND_TO_BNTD)  # [B, N, T, D]
     dprobs = _batched_dot_f32(gh, materialized_transpose(vh))  # [B, N, T, S]
     dv = _batched_dot_f32(materialized_transpose(probs.astype(qh.dtype)), gh)  # [B, N, S, D]
     dscores = probs * (dprobs - jnp.sum(dprobs * probs, axis=-1, keepdims=True))
-    dscores = (dscores * (qh.shape[-1] ** -0.5)).astype(qh.dtype)  # masked entries: p = 0
+    if mask is not None:
+        # A masked score is a constant: no gradient. (Where a row has a key left, its masked
+        # probabilities are 0 anyway; a row with every key masked has uniform probabilities,
+        # which depend on neither q nor k.)
+        dscores = jnp.where(mask, dscores, 0.0)
+    dscores = (dscores * (qh.shape[-1] ** -0.5)).astype(qh.dtype)
     dq = _batched_dot_f32(dscores, kh)
     dk = _batched_dot_f32(materialized_transpose(dscores), qh)
-    back = [materialized_transpose(d.astype(qh.dtype), _BTND_TO_BNTD) for d in (dq, dk, dv)]
+    grads = zip((dq, dk, dv), (qh.dtype, kh.dtype, vh.dtype), strict=True)
+    back = [materialized_transpose(d.astype(dtype), _BTND_TO_BNTD) for d, dtype in grads]
     return (*back, None)  # a boolean mask has no cotangent
 
 
@@ -201,7 +210,7 @@ _canonical_attention.defvjp(_canonical_attention_fwd, _canonical_attention_bwd)
 
 
 def attention(q: Array, k: Array, v: Array, mask: Array | None) -> Array:
-    """softmax(Q K^T / sqrt(d) + mask) V on XLA:CPU's fast bf16 path; q,k,v [B, T, N, D].
+    """softmax(Q K^T / sqrt(d), masked) V on XLA:CPU's fast bf16 path; q,k,v [B, T, N, D].
 
     `mask`: boolean, broadcastable to [B, N, T, S] (True = may attend), or None. Scores and
     softmax in float32, the probabilities rounded to the compute dtype before the PV matmul,

@@ -124,7 +124,7 @@ def _canonical_tied_logits_forward(x: Array, table: Array) -> Array:
 @jax.custom_vjp
 def _canonical_tied_logits(x: Array, table: Array) -> Array:
     """x[M, H] @ table[V, H]^T in float32; x in the compute dtype, table in any float dtype."""
-    return _canonical_tied_logits_forward(x, table.astype(x.dtype))
+    return _canonical_tied_logits_fwd(x, table)[0]
 
 
 def _canonical_tied_logits_fwd(x: Array, table: Array) -> tuple[Array, tuple]:

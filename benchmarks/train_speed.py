@@ -47,8 +47,9 @@ or 6 L H (T+1) (causal) per token for attention. `transformers`' BertForPreTrain
 the MLM decoder at all T positions (about 2.5x our FLOPs for BERT-base at seq 128); its speed
 is converted with the SAME formula, so the ratio is a ratio of steps/s on identical batches.
 
-MFU = FLOPs/step x steps/s / (devices x peak). Peak per device kind: `PEAK_TFLOPS` below
-(bf16 dense; "datasheet" and a "measured" large-matmul figure). With `--measure_peak` (the
+MFU = FLOPs/step x steps/s / (devices x peak). Peak per device kind: the bf16 dense datasheet
+figure of `bertjax.metrics` (as the training loop's MFU) and a "measured" large-matmul figure,
+`MEASURED_PEAK_TFLOPS` below. With `--measure_peak` (the
 default on accelerators) the script also times a 8192^3 bf16 matmul on the device and reports
 MFU against that too. CPUs have no entry: no MFU.
 """
@@ -73,18 +74,10 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-# bf16 dense peak, TFLOP/s per device: (datasheet, measured large matmul where we know one).
-# H200/H100 SXM: 989 datasheet; ~790 measured for an 8192^3 bf16 matmul on an H200.
-PEAK_TFLOPS: dict[str, tuple[float, float | None]] = {
-    "H200": (989.0, 790.0),
-    "H100": (989.0, None),  # SXM; H100 PCIe is 756
-    "A100": (312.0, None),
-    "TPU v6": (918.0, None),
-    "TPU v5 lite": (197.0, None),  # v5e
-    "TPU v5e": (197.0, None),
-    "TPU v5p": (459.0, None),
-    "TPU v5": (459.0, None),
-    "TPU v4": (275.0, None),
+# bf16 dense peaks: the datasheet figures are `bertjax.metrics`' (the training loop's MFU);
+# here also the rate of a large measured matmul where we know one, TFLOP/s per device.
+MEASURED_PEAK_TFLOPS: dict[str, float] = {
+    "H200": 790.0,  # 8192^3 bf16 matmul (datasheet 989)
 }
 
 
@@ -432,39 +425,45 @@ def row_platform() -> str:
     return jax.devices()[0].platform
 
 
+def cpuinfo(field: str) -> str:
+    """The first value of `field` ("model name", "flags") in /proc/cpuinfo, or ""."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == field:
+                    return value.strip()
+    except OSError:
+        pass
+    return ""
+
+
 def device_description() -> tuple[str, int, str]:
     import jax
 
     dev = jax.devices()[0]
     kind = getattr(dev, "device_kind", dev.platform)
     if dev.platform == "cpu":
-        kind = f"{platform.processor() or 'cpu'} ({os.cpu_count()} cores)"
-        try:
-            with open("/proc/cpuinfo") as f:
-                names = [line.split(":", 1)[1].strip() for line in f if "model name" in line]
-            kind = f"{names[0]} ({os.cpu_count()} cores)"
-        except (OSError, IndexError):
-            pass
+        name = cpuinfo("model name") or platform.processor() or "cpu"
+        kind = f"{name} ({os.cpu_count()} cores)"
     return dev.platform, jax.device_count(), kind
 
 
 def cpu_bf16_units() -> str:
     """The bf16 matmul instructions this CPU has ("amx_bf16", "avx512_bf16"), or ""."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next(
-                (line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []
-            )
-    except OSError:
-        return ""
+    flags = cpuinfo("flags").split()
     return ", ".join(flag for flag in ("amx_bf16", "avx512_bf16") if flag in flags)
 
 
 def peak_for(kind: str) -> tuple[float, float | None] | None:
-    for marker, peaks in PEAK_TFLOPS.items():
-        if marker.lower() in kind.lower():
-            return peaks
-    return None
+    """(datasheet, measured or None) bf16 peak TFLOP/s of a device kind, or None if unknown."""
+    from bertjax import metrics
+
+    datasheet = metrics.peak_flops_for_kind(kind)
+    if datasheet is None:
+        return None
+    measured = next((v for m, v in MEASURED_PEAK_TFLOPS.items() if m.lower() in kind.lower()), None)
+    return datasheet / 1e12, measured
 
 
 def measure_matmul_peak(seconds: float = 3.0) -> float:

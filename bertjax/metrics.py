@@ -66,14 +66,18 @@ def model_flops_per_step(
     return 3.0 * forward
 
 
-def peak_flops_per_device(device: jax.Device | None = None) -> float | None:
-    """bfloat16 peak FLOP/s of one device of this kind, or None when unknown (e.g. CPU)."""
-    device = device or jax.devices()[0]
-    kind = getattr(device, "device_kind", "")
+def peak_flops_for_kind(kind: str) -> float | None:
+    """bfloat16 datasheet peak FLOP/s of a device kind ("NVIDIA H200", "TPU v4"), or None."""
     for marker, flops in _PEAK_FLOPS:
         if marker.lower() in kind.lower():
             return flops
     return None
+
+
+def peak_flops_per_device(device: jax.Device | None = None) -> float | None:
+    """bfloat16 peak FLOP/s of one device of this kind, or None when unknown (e.g. CPU)."""
+    device = device or jax.devices()[0]
+    return peak_flops_for_kind(getattr(device, "device_kind", ""))
 
 
 class MetricWriter:

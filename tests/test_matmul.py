@@ -92,23 +92,26 @@ def test_linear_values_and_gradients_match_the_formula():
         _close(a, b, 2e-2)
 
 
+@pytest.mark.parametrize("dtype", [BF16, F32], ids=["bfloat16", "float32"])
 @pytest.mark.parametrize("rows", [3, 40], ids=["few_rows_transposed_output", "many_rows"])
-def test_tied_logits_values_and_gradients_match_the_formula(rows):
-    # 3 rows against a 64 x 16 table takes the (E x^T)^T branch, 40 rows the x E^T one.
+def test_tied_logits_values_and_gradients_match_the_formula(rows, dtype):
+    # 3 rows against a 64 x 16 table takes the (E x^T)^T branch (in float32 too), 40 rows the
+    # x E^T one (in float32: the plain einsum).
     x, table, g = _normal(0, (rows, 16)), _normal(1, (64, 16)), _normal(2, (rows, 64))
+    tolerance = 1e-2 if dtype == BF16 else 1e-5
 
     def ours(x, table):
-        return jnp.sum(matmul.tied_logits(x, table, BF16) * g)
+        return jnp.sum(matmul.tied_logits(x, table, dtype) * g)
 
     def reference(x, table):
-        return jnp.sum((x.astype(BF16).astype(F32) @ table.astype(BF16).astype(F32).T) * g)
+        return jnp.sum((x.astype(dtype).astype(F32) @ table.astype(dtype).astype(F32).T) * g)
 
-    logits = matmul.tied_logits(x, table, BF16)
+    logits = matmul.tied_logits(x, table, dtype)
     assert logits.dtype == F32
-    _close(logits, x.astype(BF16).astype(F32) @ table.astype(BF16).astype(F32).T, 1e-2)
+    _close(logits, x.astype(dtype).astype(F32) @ table.astype(dtype).astype(F32).T, tolerance)
     got, want = jax.grad(ours, (0, 1))(x, table), jax.grad(reference, (0, 1))(x, table)
     for a, b in zip(got, want, strict=True):
-        _close(a, b, 2e-2)
+        _close(a, b, 2 * tolerance)
 
 
 def _attention_masks(b: int, t: int) -> dict[str, jax.Array]:
@@ -171,3 +174,14 @@ def test_the_upcast_detector_sees_an_upcast_dot():
     x, w = _normal(0, (64, 32), BF16), _normal(1, (48, 32), BF16)
     hlo = jax.jit(lambda x, w: x @ w.T).lower(x, w).compile().as_text()
     assert _bf16_dots_not_upcast(hlo) != []
+
+
+@pytest.mark.parametrize("dtype", [F32, BF16], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("rows", [5, 300], ids=["few_rows", "many_rows"])
+def test_linear_decode_is_x_times_the_transposed_kernel(rows, dtype):
+    # 5 rows take the (W^T x^T)^T branch, 300 the prompt-block one.
+    x, kernel_t, bias = _normal(0, (rows, 32)), _normal(1, (48, 32)), _normal(2, (48,))
+    y = matmul.linear_decode(x, kernel_t, bias, dtype)
+    assert y.dtype == dtype and y.shape == (rows, 48)
+    want = x.astype(dtype).astype(F32) @ kernel_t.astype(dtype).astype(F32).T + bias
+    _close(y, want, 1e-2 if dtype == BF16 else 1e-5)

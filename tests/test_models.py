@@ -345,6 +345,8 @@ def test_kv_cache_decoding_equals_full_causal_forward():
 
     zeros = jnp.zeros((b, t, cfg.hidden_size))
     cache = jax.jit(dec_model.init)(jax.random.key(1), zeros)["cache"]
+    decode_shapes = jax.eval_shape(dec_model.init, jax.random.key(1), zeros)["params"]
+    params = layers.to_decode_layout(params, decode_shapes)
     decode = jax.jit(functools.partial(dec_model.apply, mutable=["cache"]))
     lengths = jnp.array([3, 5, 1])
     prompt_len = int(lengths.max())
@@ -357,7 +359,11 @@ def test_kv_cache_decoding_equals_full_causal_forward():
     for row in range(b):
         n = int(lengths[row])
         assert max_diff(out[row, :n], full[row, :n]) < 1e-5
-    np.testing.assert_array_equal(cache["l0"]["attention"]["cache_index"], lengths)
+    # One write slot for all rows; a row's padding slots are never valid (never attended).
+    assert int(cache["l0"]["attention"]["cache_index"]) == prompt_len
+    valid = np.asarray(cache["l0"]["attention"]["cached_valid"])
+    np.testing.assert_array_equal(valid[:, :prompt_len], np.arange(prompt_len) < lengths[:, None])
+    assert not valid[:, prompt_len:].any()
 
     positions = lengths
     for _ in range(t - prompt_len):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import flax.struct
@@ -123,6 +124,9 @@ class Dense(nn.Module):
     features: tuple[int, ...]
     names: tuple[str, ...]  # logical axes of the kernel: inputs then outputs
     axis: tuple[int, ...] = (-1,)
+    # The decode layout: the kernel stored as a 2-D [out, in] matrix (`to_decode_layout` makes
+    # it from the training layout), which the few rows of a decode step multiply fastest.
+    transposed: bool = False
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -131,16 +135,45 @@ class Dense(nn.Module):
         if axes != list(range(x.ndim - len(axes), x.ndim)):
             raise ValueError(f"Dense contracts trailing axes only; got axis={self.axis}")
         in_shape = x.shape[axes[0] :]
+        k, n = math.prod(in_shape), math.prod(self.features)
+        x = x.reshape(*x.shape[: axes[0]], k)
+        if self.transposed:
+            init = nn.initializers.truncated_normal(stddev=cfg.initializer_range)
+            kernel_t = self.param("kernel", init, (n, k), cfg.params_dtype)
+            bias = self.param("bias", nn.initializers.zeros, self.features, cfg.params_dtype)
+            y = matmul.linear_decode(x, kernel_t, bias.reshape(n), cfg.compute_dtype)
+            return y.reshape(*y.shape[:-1], *self.features)
         kernel = self.param(
             "kernel", kernel_init(cfg, self.names), in_shape + self.features, cfg.params_dtype
         )
         bias = self.param(
             "bias", zeros_init(self.names[len(in_shape) :]), self.features, cfg.params_dtype
         )
-        k, n = math.prod(in_shape), math.prod(self.features)
-        x = x.reshape(*x.shape[: axes[0]], k)
         y = matmul.linear(x, kernel.reshape(k, n), bias.reshape(n), cfg.compute_dtype)
         return y.reshape(*y.shape[:-1], *self.features)
+
+
+def to_decode_layout(params: Any, decode_shapes: Any) -> Any:
+    """`params` (the training layout) as a module in decode mode reads them.
+
+    Every dense kernel [in..., out...] becomes the 2-D [out, in] of `Dense(transposed=True)`;
+    the other leaves are unchanged. `decode_shapes`: the decode-mode module's param shapes
+    (`jax.eval_shape` of its `init`), which say how each kernel splits into in and out. Both
+    may hold logical-partitioning boxes; the result holds plain arrays.
+    """
+    params, decode_shapes = nn.meta.unbox(params), nn.meta.unbox(decode_shapes)
+
+    def convert(path: tuple[Any, ...], leaf: Array, target: Any) -> Array:
+        if getattr(path[-1], "key", None) != "kernel":
+            return leaf
+        n, k = target.shape
+        if leaf.size != n * k:
+            raise ValueError(
+                f"{jax.tree_util.keystr(path)}: {leaf.shape} is not a [{k}, {n}] kernel"
+            )
+        return leaf.reshape(k, n).T
+
+    return jax.tree_util.tree_map_with_path(convert, params, decode_shapes)
 
 
 def dense(
@@ -149,6 +182,7 @@ def dense(
     names: tuple[str, ...],
     *,
     axis: int | tuple[int, ...] = -1,
+    transposed: bool = False,
     name: str,
 ) -> Dense:
     """A Dense (kernel + bias) whose kernel axes are `names` (inputs then outputs)."""
@@ -157,6 +191,7 @@ def dense(
         features=(features,) if isinstance(features, int) else tuple(features),
         names=names,
         axis=(axis,) if isinstance(axis, int) else tuple(axis),
+        transposed=transposed,
         name=name,
     )
 
@@ -432,18 +467,23 @@ class MultiHeadAttention(nn.Module):
     Params: query/key/value kernel [embed, heads, kv] + bias [heads, kv];
             out kernel [heads, kv, embed] + bias [embed].
 
-    decode=True turns on the KV cache (Flax "cache" collection) for autoregressive decoding:
+    decode=True turns on the KV cache (Flax "cache" collection) for autoregressive decoding, and
+    the dense kernels are then read in the decode layout (`Dense(transposed=True)`):
       * `init` / the first apply with a [B, S_max, E] input creates `cached_key`, `cached_value`
-        [B, N, S_max, D] and `cache_index` [B] (the next write position of each row) and returns
-        the plain (non-cached) attention. Heads before positions: each decode step contracts a
+        [B, N, S_max, D], `cached_valid` [B, S_max] (which slots hold a real token) and
+        `cache_index` (a scalar: the next write slot, the same for every row) and returns the
+        plain (non-cached) attention. Heads before positions: each decode step contracts a
         head's keys and values in place, where a [B, S, N, D] cache would be transposed (copied
         whole) in every layer at every step;
       * later calls take a chunk [B, L, E] (L = 1 per step, or a whole prompt block), write its
-        keys/values at each row's own `cache_index`, and let query i of row b attend to cache
-        positions <= cache_index[b] + i (causal over the cache);
-      * `decode_lengths` [B] says how many of the L new tokens of each row are real (rows with
-        prompts of different lengths, right-padded); the row's index advances by that much, so the
-        pad slots are overwritten by the next tokens and never attended. Default: all L.
+        keys/values at slots cache_index .. cache_index + L - 1 of every row, and let query i
+        see the valid slots <= cache_index + i (causal over the cache);
+      * `decode_lengths` [B] says how many of the L new tokens of each row are real (prompts of
+        different lengths, right-padded); the slots of a row's padding are never valid, so
+        never attended. Default: all L. One write position for all rows makes the write a
+        `dynamic_update_slice` that XLA does in place; per-row positions need a scatter, which
+        XLA:CPU runs on a float32 copy of the whole bf16 cache (85 ms of a 150 ms GPT-2 step
+        at batch 32).
     """
 
     cfg: ModelConfig
@@ -461,7 +501,8 @@ class MultiHeadAttention(nn.Module):
         heads = (cfg.num_heads, cfg.head_dim)
         q, k, v = (
             nn.with_logical_constraint(
-                dense(cfg, heads, ("embed", "heads", "kv"), name=n)(x), ACT_BTNK
+                dense(cfg, heads, ("embed", "heads", "kv"), transposed=self.decode, name=n)(x),
+                ACT_BTNK,
             )
             for n in ("query", "key", "value")
         )
@@ -483,7 +524,14 @@ class MultiHeadAttention(nn.Module):
         if creating_cache:
             self._create_cache(k.shape)  # `init`: the plain attention above, an empty cache
         out = nn.with_logical_constraint(out, ACT_BTNK)
-        out = dense(cfg, cfg.hidden_size, ("heads", "kv", "embed"), axis=(-2, -1), name="out")(out)
+        out = dense(
+            cfg,
+            cfg.hidden_size,
+            ("heads", "kv", "embed"),
+            axis=(-2, -1),
+            transposed=self.decode,
+            name="out",
+        )(out)
         return nn.with_logical_constraint(out, ACT_BTE)
 
     def _create_cache(self, shape: tuple[int, ...]) -> tuple[nn.Variable, ...]:
@@ -491,49 +539,61 @@ class MultiHeadAttention(nn.Module):
         batch, max_length, heads, head_dim = shape
         cache_shape = (batch, heads, max_length, head_dim)
         dtype = self.cfg.compute_dtype
+        if jax.default_backend() == "cpu":
+            # XLA:CPU computes a bf16 attention-over-cache product (a batched matrix-vector
+            # product) on float32 copies of its operands: a bf16 cache would be converted
+            # whole, in every layer at every step (~40 of a 75 ms GPT-2 step at batch 32).
+            dtype = jnp.float32
         return (
             self.variable("cache", "cached_key", jnp.zeros, cache_shape, dtype),
             self.variable("cache", "cached_value", jnp.zeros, cache_shape, dtype),
-            self.variable("cache", "cache_index", jnp.zeros, (batch,), jnp.int32),
+            self.variable("cache", "cached_valid", jnp.zeros, (batch, max_length), jnp.bool_),
+            self.variable("cache", "cache_index", jnp.zeros, (), jnp.int32),
         )
 
     def _update_cache(
         self, k: Array, v: Array, decode_lengths: Array | None
     ) -> tuple[Array, Array, Array]:
-        """Writes a chunk's keys/values at each row's index; (keys, values, mask [B,1,L,S])."""
+        """Writes a chunk's keys/values at the cache index; (keys, values, mask [B,1,L,S])."""
         batch, length = k.shape[:2]
-        cached_key, cached_value, cache_index = self._create_cache(k.shape)
+        cached_key, cached_value, cached_valid, cache_index = self._create_cache(k.shape)
         max_length = cached_key.value.shape[2]
         index = cache_index.value
 
-        def write(cache_row: Array, new_row: Array, start: Array) -> Array:
-            # cache_row [N, S, D], new_row [L, N, D]
-            new_row = new_row.swapaxes(0, 1).astype(cache_row.dtype)
-            return lax.dynamic_update_slice(cache_row, new_row, (0, start, 0))
+        def write(cache: Array, new: Array) -> Array:  # cache [B, N, S, D], new [B, L, N, D]
+            new = new.swapaxes(1, 2).astype(cache.dtype)
+            return lax.dynamic_update_slice(cache, new, (0, 0, index, 0))
 
-        keys = jax.vmap(write)(cached_key.value, k, index)
-        values = jax.vmap(write)(cached_value.value, v, index)
-        cached_key.value, cached_value.value = keys, values
+        keys, values = write(cached_key.value, k), write(cached_value.value, v)
+        real = jnp.ones((batch, length), jnp.bool_)
+        if decode_lengths is not None:
+            real = jnp.arange(length)[None, :] < decode_lengths[:, None]
+        valid = lax.dynamic_update_slice(cached_valid.value, real, (0, index))
+        cached_key.value, cached_value.value, cached_valid.value = keys, values, valid
+        cache_index.value = index + length
 
-        query_pos = index[:, None] + jnp.arange(length)[None, :]  # [B, L]
-        key_pos = jnp.arange(max_length)
-        mask = (key_pos[None, None, :] <= query_pos[:, :, None])[:, None]  # [B, 1, L, S]
-        step = jnp.full((batch,), length, jnp.int32) if decode_lengths is None else decode_lengths
-        cache_index.value = index + step.astype(jnp.int32)
+        query_slot = index + jnp.arange(length)  # [L]
+        causal = jnp.arange(max_length)[None, :] <= query_slot[:, None]  # [L, S]
+        mask = jnp.logical_and(valid[:, None, None, :], causal[None, None])  # [B, 1, L, S]
         return keys, values, mask
 
 
 class FeedForward(nn.Module):
-    """Position-wise FFN: act(x W_1 + b_1) W_2 + b_2 (W_1 [embed, mlp], W_2 [mlp, embed])."""
+    """Position-wise FFN: act(x W_1 + b_1) W_2 + b_2 (W_1 [embed, mlp], W_2 [mlp, embed]).
+
+    decode=True reads the kernels in the decode layout (`Dense(transposed=True)`)."""
 
     cfg: ModelConfig
+    decode: bool = False
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         cfg = self.cfg
-        h = dense(cfg, cfg.intermediate_size, ("embed", "mlp"), name="wi")(x)
+        h = dense(cfg, cfg.intermediate_size, ("embed", "mlp"), transposed=self.decode, name="wi")(
+            x
+        )
         h = nn.with_logical_constraint(ACTIVATIONS[cfg.hidden_act](h), ACT_BTM)
-        out = dense(cfg, cfg.hidden_size, ("mlp", "embed"), name="wo")(h)
+        out = dense(cfg, cfg.hidden_size, ("mlp", "embed"), transposed=self.decode, name="wo")(h)
         return nn.with_logical_constraint(out, ACT_BTE)
 
 
@@ -569,7 +629,7 @@ class TransformerLayer(nn.Module):
             return Dropout(cfg.hidden_dropout)(y, deterministic=deterministic)
 
         attention = MultiHeadAttention(cfg, decode=self.decode, name="attention")
-        mlp = FeedForward(cfg, name="mlp")
+        mlp = FeedForward(cfg, decode=self.decode, name="mlp")
         if self.pre_ln:
             h = norm("attention_layer_norm")(x)
             x = x + drop(attention(h, mask, deterministic, decode_lengths))

@@ -93,10 +93,10 @@ def test_linear_values_and_gradients_match_the_formula():
 
 
 @pytest.mark.parametrize("dtype", [BF16, F32], ids=["bfloat16", "float32"])
-@pytest.mark.parametrize("rows", [3, 40], ids=["few_rows_transposed_output", "many_rows"])
+@pytest.mark.parametrize("rows", [1, 3, 40], ids=["one_row", "few_rows", "many_rows"])
 def test_tied_logits_values_and_gradients_match_the_formula(rows, dtype):
-    # 3 rows against a 64 x 16 table takes the (E x^T)^T branch (in float32 too), 40 rows the
-    # x E^T one (in float32: the plain einsum).
+    # 1 and 3 rows against a 64 x 16 table take the (E x^T)^T branch (in float32 too; one
+    # bf16 row is doubled), 40 rows the x E^T one (in float32: the plain einsum).
     x, table, g = _normal(0, (rows, 16)), _normal(1, (64, 16)), _normal(2, (rows, 64))
     tolerance = 1e-2 if dtype == BF16 else 1e-5
 
@@ -177,9 +177,9 @@ def test_the_upcast_detector_sees_an_upcast_dot():
 
 
 @pytest.mark.parametrize("dtype", [F32, BF16], ids=["float32", "bfloat16"])
-@pytest.mark.parametrize("rows", [5, 300], ids=["few_rows", "many_rows"])
+@pytest.mark.parametrize("rows", [1, 5, 300], ids=["one_row", "few_rows", "many_rows"])
 def test_linear_decode_is_x_times_the_transposed_kernel(rows, dtype):
-    # 5 rows take the (W^T x^T)^T branch, 300 the prompt-block one.
+    # 1 and 5 rows take the (W^T x^T)^T branch (one bf16 row is doubled), 300 the block one.
     x, kernel_t, bias = _normal(0, (rows, 32)), _normal(1, (48, 32)), _normal(2, (48,))
     y = matmul.linear_decode(x, kernel_t, bias, dtype)
     assert y.dtype == dtype and y.shape == (rows, 48)

@@ -102,10 +102,19 @@ def generate(
 
     if not isinstance(params, DecodeParams):
         params = prepare_params(model, params)
-    elif params.compute_dtype != jnp.dtype(cfg.compute_dtype).name:
+    elif params.cfg != cfg:
+        changed = [
+            f
+            for f in dataclasses.fields(cfg)
+            if getattr(cfg, f.name) != getattr(params.cfg, f.name)
+        ]
         raise ValueError(
-            f"params were prepared for {params.compute_dtype} compute; the model computes in "
-            f"{jnp.dtype(cfg.compute_dtype).name}"
+            "params were prepared for another model config ("
+            + ", ".join(
+                f"{f.name}={getattr(params.cfg, f.name)!r}, not {getattr(cfg, f.name)!r}"
+                for f in changed
+            )
+            + "): prepare_params(model, params) with this model"
         )
     new_tokens, num_new = _generate_block(
         model,
@@ -173,14 +182,12 @@ class DecodeParams:
     """Parameters ready for `generate`: in the compute dtype and the decode layout."""
 
     tree: Any
-    compute_dtype: str = dataclasses.field(metadata=dict(static=True))
+    cfg: Any = dataclasses.field(metadata=dict(static=True))  # the ModelConfig they are for
 
 
 def prepare_params(model: nn.Module, params: Any) -> DecodeParams:
     """`params` cast to the model's compute dtype and put in the decode layout, for `generate`."""
-    return DecodeParams(
-        _prepare_tree(model, params), compute_dtype=jnp.dtype(model.cfg.compute_dtype).name
-    )
+    return DecodeParams(_prepare_tree(model, params), cfg=model.cfg)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -213,8 +220,8 @@ def first_argmax(logits: Array, block: int = 1024) -> Array:
 
     In two levels: the maximum of each block of `block` logits (one pass over the logits),
     then the first block that holds the row's maximum, then the first maximum inside that one
-    block. XLA:CPU's argmax is one variadic reduction that takes 3-4 ms over GPT-2's 32 x
-    50,257 logits; this ~1.3 ms (a plain max alone: 0.8 ms). A row with a NaN gets an
+    block. XLA:CPU's argmax is one variadic reduction that takes 3-6 ms over GPT-2's 32 x
+    50,257 logits; this ~1.1-1.3 ms (a plain max alone: 0.8 ms). A row with a NaN gets an
     unspecified index (XLA:CPU's max may skip NaNs).
     """
     batch, vocab = logits.shape

@@ -274,7 +274,7 @@ def test_prepared_params_generate_the_same_tokens(hf_and_ours):
     ):
         np.testing.assert_array_equal(a, b)
     bf16 = models.build(model.cfg.replace(dtype="bfloat16"))
-    with pytest.raises(ValueError, match="prepared for float32"):
+    with pytest.raises(ValueError, match="dtype='float32', not 'bfloat16'"):
         generate(bf16, prepared, PROMPTS, NEW)
 
 

@@ -483,7 +483,8 @@ class MultiHeadAttention(nn.Module):
         never attended. Default: all L. One write position for all rows makes the write a
         `dynamic_update_slice` that XLA does in place; per-row positions need a scatter, which
         XLA:CPU runs on a float32 copy of the whole bf16 cache (85 ms of a 150 ms GPT-2 step
-        at batch 32).
+        at batch 32). The caller sizes the cache (`generate`: prompt block + max_new_tokens
+        slots); a write past its end is not detected (XLA clamps the slot).
     """
 
     cfg: ModelConfig

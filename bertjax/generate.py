@@ -168,12 +168,17 @@ def decode_params(model: nn.Module, params: Any) -> Any:
     Use with `model.clone(decode=True).apply({"params": decode_params(model, params), ...})`;
     `generate` does this itself.
     """
-    shapes = jax.eval_shape(
+    return layers.to_decode_layout(params, _decode_variable_shapes(model, 1, 1)["params"])
+
+
+def _decode_variable_shapes(model: nn.Module, batch_size: int, max_length: int) -> Any:
+    """The shapes of `model.clone(decode=True).init`'s variables ("params" in the decode layout,
+    "cache" of `max_length` slots per row), from shapes alone: nothing is initialised."""
+    return jax.eval_shape(
         model.clone(decode=True).init,
         jax.random.key(0),
-        {"input_ids": jnp.zeros((1, 1), jnp.int32)},
-    )["params"]
-    return layers.to_decode_layout(params, shapes)
+        {"input_ids": jnp.zeros((batch_size, max_length), jnp.int32)},
+    )
 
 
 @jax.tree_util.register_dataclass
@@ -207,11 +212,7 @@ def init_cache(model: nn.Module, batch_size: int, max_length: int) -> Any:
     `model.clone(decode=True).apply({"params": decode_params(model, p), "cache": cache}, batch,
     mutable=["cache"])`.
     """
-    shapes = jax.eval_shape(
-        model.clone(decode=True).init,
-        jax.random.key(0),
-        {"input_ids": jnp.zeros((batch_size, max_length), jnp.int32)},
-    )["cache"]
+    shapes = _decode_variable_shapes(model, batch_size, max_length)["cache"]
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 

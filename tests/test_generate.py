@@ -13,6 +13,7 @@ from bertjax import generate as generate_lib
 from bertjax import models
 from bertjax.convert import from_hf
 from bertjax.generate import (
+    _cache_lengths,
     decode_params,
     first_argmax,
     generate,
@@ -20,6 +21,7 @@ from bertjax.generate import (
     prepare_params,
     sample_logits,
 )
+from bertjax.models.layers import grow_cache
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -83,6 +85,35 @@ def test_greedy_matches_transformers_token_for_token(hf_and_ours):
         np.testing.assert_array_equal(out[len(prompt) :], expected)
 
 
+def test_greedy_matches_transformers_as_the_cache_grows(hf_and_ours):
+    """A generation long enough to decode with two cache sizes (48 slots, then 64)."""
+    hf, model, params = hf_and_ours
+    prompts = [[5, 17, 3, 88, 41], [9] * 11]
+    assert _cache_lengths(16, 48) == [48, 64]  # the prompts' block is 16 wide
+    ours = generate(model, params, prompts, 48, temperature=0.0)
+    for prompt, out, expected in zip(prompts, ours, hf_greedy(hf, prompts, 48), strict=True):
+        np.testing.assert_array_equal(out[len(prompt) :], expected)
+
+
+def test_cache_lengths_double_up_to_the_whole_generation():
+    assert _cache_lengths(16, 16) == [32]  # already within the first size
+    assert _cache_lengths(32, 64) == [64, 96]
+    assert _cache_lengths(1, 1000) == [33, 66, 132, 264, 528, 1001]
+    assert _cache_lengths(100, 1) == [101]
+    for width, new in [(1, 1), (7, 300), (64, 64), (200, 800)]:
+        lengths = _cache_lengths(width, new)
+        assert lengths[-1] == width + new and lengths == sorted(set(lengths))
+        assert all(b <= 2 * a for a, b in zip(lengths[:-1], lengths[1:], strict=True))
+
+
+def test_grow_cache_refuses_to_shrink(hf_and_ours):
+    _, model, _ = hf_and_ours
+    with pytest.raises(
+        ValueError, match=r"\['cached_key'\] already has 12 slots, more than max_length=8"
+    ):
+        grow_cache(init_cache(model, 2, 12), 8)
+
+
 def test_stops_at_end_of_text_like_transformers(hf_and_ours):
     hf, model, params = hf_and_ours
     free = generate(model, params, PROMPTS, NEW, temperature=0.0)
@@ -105,14 +136,15 @@ def test_stops_at_end_of_text_like_transformers(hf_and_ours):
 
 
 def test_cached_decoding_gives_the_full_forward_logits(hf_and_ours):
-    """Ragged prompts prefilled as one right-padded block, then one token at a time."""
+    """Ragged prompts prefilled as one right-padded block, then one token at a time, the cache
+    grown (`grow_cache`) half-way as `generate` grows it."""
     _, model, params = hf_and_ours
     rng = np.random.default_rng(0)
     seqs = [rng.integers(0, VOCAB, n) for n in (14, 9, 17)]
     prompt_lens = np.array([6, 3, 8], np.int32)
     steps = 6
     decoder = model.clone(decode=True)
-    cache = init_cache(model, 3, 8 + steps)
+    cache = init_cache(model, 3, 8 + 2)
     dec_params = decode_params(model, params)
 
     @jax.jit
@@ -131,6 +163,9 @@ def test_cached_decoding_gives_the_full_forward_logits(hf_and_ours):
     logits, cache = step(cache, block, jnp.asarray(prompt_lens))
     cached = [[logits[i, : prompt_lens[i]]] for i in range(3)]
     for t in range(steps):
+        if t == 2:  # full: 8 prompt slots + 2 steps
+            cache = grow_cache(cache, 8 + steps)
+            assert cache["layer_0"]["attention"]["cached_key"].shape[2] == 8 + steps
         step_ids = np.array([[s[prompt_lens[i] + t]] for i, s in enumerate(seqs)], np.int32)
         logits, cache = step(cache, step_ids)
         for i in range(3):
@@ -290,7 +325,9 @@ def test_a_decode_step_writes_the_cache_in_place():
     model = models.build(cfg)
     params = jax.jit(model.init)(jax.random.key(0), {"input_ids": jnp.zeros((1, 4), jnp.int32)})
     tree = prepare_params(model, params["params"]).tree
-    batch, width, new = 3, 8, 5
+    batch, width, new = 3, 8, 40
+    lengths = _cache_lengths(width, new)
+    assert len(lengths) == 2  # both decode loops checked
     hlo = (
         generate_lib._generate_block.lower(
             model,
@@ -310,12 +347,12 @@ def test_a_decode_step_writes_the_cache_in_place():
         .compile()
         .as_text()
     )
-    cache_shape = f"[{batch},{cfg.num_heads},{width + new},{cfg.head_dim}]"
+    cache_shapes = {f"[{batch},{cfg.num_heads},{n},{cfg.head_dim}]" for n in lengths}
     assert "dynamic-update-slice" in hlo
     assert " scatter(" not in hlo
     converts = []  # instructions (or fusions) that produce a cache-shaped array by converting
     for line in hlo.splitlines():
         m = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = \w+(\[[\d,]*\])\S* ([\w\-]+)\(", line)
-        if m and m.group(2) == cache_shape and "convert" in m.group(1) + m.group(3):
+        if m and m.group(2) in cache_shapes and "convert" in m.group(1) + m.group(3):
             converts.append(line.strip()[:120])
     assert converts == []

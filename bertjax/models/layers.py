@@ -483,8 +483,9 @@ class MultiHeadAttention(nn.Module):
         never attended. Default: all L. One write position for all rows makes the write a
         `dynamic_update_slice` that XLA does in place; per-row positions need a scatter, which
         XLA:CPU runs on a float32 copy of the whole bf16 cache (85 ms of a 150 ms GPT-2 step
-        at batch 32). The caller sizes the cache (`generate`: prompt block + max_new_tokens
-        slots); a write past its end is not detected (XLA clamps the slot).
+        at batch 32). The caller sizes the cache (`generate` starts it short and enlarges it
+        with `grow_cache` as it fills); a write past its end is not detected (XLA clamps the
+        slot).
     """
 
     cfg: ModelConfig
@@ -577,6 +578,34 @@ class MultiHeadAttention(nn.Module):
         causal = jnp.arange(max_length)[None, :] <= query_slot[:, None]  # [L, S]
         mask = jnp.logical_and(valid[:, None, None, :], causal[None, None])  # [B, 1, L, S]
         return keys, values, mask
+
+
+_SLOT_AXES = {"cached_key": 2, "cached_value": 2, "cached_valid": 1}  # see _create_cache
+
+
+def grow_cache(cache: Any, max_length: int) -> Any:
+    """A decode-mode "cache" collection with `max_length` slots per row: empty slots appended.
+
+    A decode step's attention reads every slot of the cache, filled or not, so a decoder can
+    start with a short cache and grow it as it fills (`generate` doubles it) rather than read
+    a cache sized for the whole generation at every step. The new slots are not valid (never
+    attended) until written; write slots (`cache_index`) and positions are unchanged.
+    """
+
+    def grow(path: tuple, leaf: Array) -> Array:
+        axis = _SLOT_AXES.get(getattr(path[-1], "key", None))
+        if axis is None:
+            return leaf
+        if leaf.shape[axis] > max_length:
+            raise ValueError(
+                f"grow_cache: {jax.tree_util.keystr(path)} already has {leaf.shape[axis]} "
+                f"slots, more than max_length={max_length}"
+            )
+        widths = [(0, 0)] * leaf.ndim
+        widths[axis] = (0, max_length - leaf.shape[axis])
+        return jnp.pad(leaf, widths)  # zeros: empty keys/values, slots not valid
+
+    return jax.tree_util.tree_map_with_path(grow, cache)
 
 
 class FeedForward(nn.Module):

@@ -13,11 +13,10 @@ T, T + 1, ...), feeding each sampled token back, until `max_new_tokens` or until
 produced `eos_id`. A step reads the whole cache, so the cache starts at T + max(32, T) slots and
 doubles when full (`_cache_lengths`, one loop per size) up to T + max_new_tokens, rather than
 being read at its final size from the first step. The prefill and the loops are one jitted
-function: it
-compiles once per (batch size, padded prompt length, max_new_tokens, sampling mode), never per
-token. The parameters are cast to the compute dtype and put in the decode layout
-(`prepare_params`) before the loop; to generate many times from the same weights, prepare them
-once and pass the `DecodeParams` instead:
+function: it compiles once per (batch size, padded prompt length, max_new_tokens, sampling
+mode), never per token. The parameters are cast to the compute dtype and put in the decode
+layout (`prepare_params`) before the loop; to generate many times from the same weights,
+prepare them once and pass the `DecodeParams` instead:
 
     prepared = prepare_params(model, params)       # e.g. float32 -> bfloat16, kernels [out, in]
     out = generate(model, prepared, prompts, max_new_tokens=20)

@@ -7,6 +7,8 @@
   every NSP label "random next").
 """
 
+import importlib.util
+import pathlib
 import re
 
 import numpy as np
@@ -16,6 +18,8 @@ from bertjax.data.pipeline import build_pretraining_data
 from bertjax.data.sentences import split_sentences
 from bertjax.data.settings import default_data_config
 from bertjax.data.tokenizer import WordPieceTokenizer
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _reviews(shared_data, split="train.tsv"):
@@ -91,3 +95,26 @@ def test_reviews_as_a_corpus_give_sentence_pairs_for_nsp(shared_data, tmp_path):
     assert 0.55 < share < 0.75, share
     eval_labels = np.concatenate([b["next_sentence_labels"] for b in data.eval_iterator(2)])
     assert 0.0 < eval_labels.mean() < 0.9
+
+
+def test_tiny_chinese_pretrain_config_reads_reviews_with_the_chinese_vocab(shared_data, tmp_path):
+    spec = importlib.util.spec_from_file_location(
+        "bert_tiny_chinese_pretrain", REPO_ROOT / "configs" / "bert_tiny_chinese_pretrain.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    # Its default vocabulary is the shared bert-base-chinese one, relative to the repo root.
+    assert (REPO_ROOT / config.data.vocab_file).resolve() == pathlib.Path(
+        _vocab(shared_data)
+    ).resolve()
+    assert config.model.num_layers == 2 and config.optim.name == "adamw"  # the tiny config's
+    corpus = tmp_path / "reviews.txt"
+    corpus.write_text("\n\n".join(_reviews(shared_data)[:300]) + "\n", encoding="utf-8")
+    config.data.text_files = str(corpus)
+    config.data.vocab_file = _vocab(shared_data)
+    data = build_pretraining_data(config.data, seed=0, local_batch_size=8)
+    assert data.vocab_size == 21128 and data.sentence_objective == "nsp"
+    batch = next(data.train_iterator())
+    tokens = data.tokenizer.convert_ids_to_tokens(batch["input_ids"][0])
+    assert tokens[0] == "[CLS]" and any(re.fullmatch(r"[\u4e00-\u9fff]", t) for t in tokens)

@@ -83,7 +83,7 @@ def _is_boundary(text: str, start: int, m: re.Match[str]) -> bool:
     # What the next sentence would start with, past opening quotes/brackets.
     first = following.lstrip(_OPENERS)[:1] or following[:1]
     before = text[m.start() - 1] if m.start() > 0 else ""
-    if first in _CONTINUATION:
+    if first and first in _CONTINUATION:
         return False
     cjk_before, cjk_after = bool(_CJK_RE.match(before)), bool(_CJK_RE.match(first))
     if any(c in _CJK_TERMINATORS for c in run):

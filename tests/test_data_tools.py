@@ -86,6 +86,8 @@ def test_inspect_cli_writes_the_arrays_and_marks_masks(tmp_path):
     )
     assert arrays["input_ids"].shape == (8, 64) and arrays["masked_lm_ids"].shape == (8, 20)
     assert "[MASK:" in res.stdout and "next_sentence_label=" in res.stdout
+    share = arrays["next_sentence_labels"].mean()
+    assert f"next_sentence_labels: {share:.3f} random/swapped over 8 rows" in res.stdout
     # The file holds the pipeline's batches exactly (same seed, same vocabulary).
     cfg = default_data_config()
     cfg.vocab_size, cfg.max_seq_length = 800, 64

@@ -79,6 +79,13 @@ def main(argv: Sequence[str]) -> None:
     np.savez(_OUTPUT.value, **arrays)
     print(f"cleaning: {data.stats.summary()}")
     print(f"vocabulary: {data.vocab_size} tokens; objective: {data.sentence_objective}")
+    labels = arrays["next_sentence_labels"]
+    # A share near 1.0 means documents of one sentence each: NSP/SOP would learn nothing.
+    print(
+        f"next_sentence_labels: {labels.mean():.3f} random/swapped over {labels.size} rows; "
+        f"sentences per kept document: "
+        f"{data.stats.sentences_kept / max(data.stats.documents_kept, 1):.2f}"
+    )
     for k, v in arrays.items():
         print(f"  {k:22s} {str(v.shape):14s} {v.dtype}")
     print(f"wrote {_OUTPUT.value}\n")

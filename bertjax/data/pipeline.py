@@ -28,11 +28,12 @@ import grain
 import ml_collections
 import numpy as np
 
-from bertjax.data import embedded_corpus, sources
+from bertjax.data import embedded_corpus, shards, sources
 from bertjax.data.cleaning import CleaningStats, Document, clean_documents, document_hash
 from bertjax.data.instances import InstanceSpans, TokenizedCorpus, assemble_batch, create_instances
 from bertjax.data.masking import MaskingConfig, mask_batch
 from bertjax.data.packing import assemble_packed_batch, first_fit, instance_lengths
+from bertjax.data.seeding import seed_int
 from bertjax.data.settings import DataSettings
 from bertjax.data.tokenizer import WordPieceTokenizer, train_wordpiece_vocab
 
@@ -41,11 +42,6 @@ log = logging.getLogger(__name__)
 VOCAB_FILENAME = "vocab.txt"
 VOCAB_META_FILENAME = "vocab_meta.json"
 _EVAL_SEED = 20181011  # eval batches do not depend on the training seed: runs compare alike
-
-
-def seed_int(*parts: Any) -> int:
-    """A 64-bit seed from any tuple of ints/strings (stable across machines and Python runs)."""
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little")
 
 
 class InstanceSource(Protocol):
@@ -409,15 +405,20 @@ def build_pretraining_data(
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index={process_index} not in [0, {process_count})")
     if settings.source == "prepared":
-        from bertjax.data import shards
-
-        return shards.build_from_prepared(
-            settings,
+        prepared = shards.open_prepared(
+            settings, seed=seed, process_index=process_index, process_count=process_count
+        )
+        return PretrainingData(
+            tokenizer=prepared.tokenizer,
+            settings=settings,
+            stats=prepared.stats,
+            train_source=prepared.train,
+            eval_source=prepared.eval,
             seed=seed,
             local_batch_size=local_batch_size,
             process_index=process_index,
             process_count=process_count,
-            make_data=PretrainingData,
+            data_fingerprint=prepared.fingerprint,
         )
 
     stats = CleaningStats()

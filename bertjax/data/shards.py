@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from bertjax.data.cleaning import CleaningStats
 from bertjax.data.instances import InstanceSpans
+from bertjax.data.seeding import seed_int
 from bertjax.data.settings import DataSettings
 from bertjax.data.tokenizer import WordPieceTokenizer
 
@@ -126,8 +128,6 @@ class PreparedInstances:
         return len(self._keys)
 
     def _epoch_order(self, epoch: int) -> np.ndarray:
-        from bertjax.data.pipeline import seed_int
-
         if epoch != self._order_epoch:
             rng = np.random.default_rng(seed_int("shuffle", *self._seed_parts, epoch))
             self._order = self._keys[rng.permutation(len(self._keys))]
@@ -149,16 +149,22 @@ class PreparedInstances:
         return decode_records(self._source.__getitems__(idx.tolist()), self._dtype)
 
 
-def build_from_prepared(
-    settings: DataSettings,
-    *,
-    seed: int,
-    local_batch_size: int,
-    process_index: int,
-    process_count: int,
-    make_data: Callable[..., Any],
-):
-    """`PretrainingData` over a prepared directory (`data.source = "prepared"`)."""
+@dataclass(frozen=True)
+class PreparedData:
+    """What a prepared directory gives this host: the pipeline wraps it in `PretrainingData`."""
+
+    tokenizer: WordPieceTokenizer
+    stats: CleaningStats
+    train: PreparedInstances
+    eval: PreparedInstances | None
+    fingerprint: str  # identifies the prepared data in iterator states
+
+
+def open_prepared(
+    settings: DataSettings, *, seed: int, process_index: int, process_count: int
+) -> PreparedData:
+    """This host's view of `settings.prepared_dir` (`data.source = "prepared"`), after checking
+    that the config agrees with what the directory was prepared with."""
     meta = read_metadata(settings.prepared_dir)
     for key in ("max_seq_length", "sentence_objective", "do_lower_case"):
         if meta[key] != getattr(settings, key):
@@ -199,17 +205,12 @@ def build_from_prepared(
             process_count=process_count,
         )
     stats = CleaningStats(**meta.get("stats", {}))
-    return make_data(
+    return PreparedData(
         tokenizer=tokenizer,
-        settings=settings,
         stats=stats,
-        train_source=train,
-        eval_source=eval_source,
-        seed=seed,
-        local_batch_size=local_batch_size,
-        process_index=process_index,
-        process_count=process_count,
-        data_fingerprint=json.dumps(
+        train=train,
+        eval=eval_source,
+        fingerprint=json.dumps(
             {
                 k: meta[k]
                 for k in ("vocab_fingerprint", "corpus_fingerprint", "num_train", "train_files")

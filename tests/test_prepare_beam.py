@@ -226,6 +226,8 @@ def test_inputs_are_matched_on_beam_filesystems(beam, tmp_path):
         match_files(f"{tmp_path}/*.xml")
     with pytest.raises(FileNotFoundError, match="missing.txt' does not exist"):
         match_files(f"{tmp_path}/missing.txt")
+    with pytest.raises(DataSourceError, match="is a directory; use a glob"):
+        match_files(str(tmp_path))
     with pytest.raises(DataSourceError, match="data.text_files is empty"):
         match_files(" , ")
 

@@ -102,15 +102,18 @@ def match_files(spec: str, key: str = "data.text_files") -> list[str]:
     paths: list[str] = []
     for item in items:
         is_glob = bool(set("*?[") & set(item))
-        if not is_glob and not FileSystems.exists(item):
-            raise FileNotFoundError(f"{key}: file {item!r} does not exist")
+        if not is_glob:
+            if os.path.isdir(item):
+                raise sources.DataSourceError(
+                    f"{key}: {item!r} is a directory; use a glob like {item}/*"
+                )
+            if not FileSystems.exists(item):
+                raise FileNotFoundError(f"{key}: file {item!r} does not exist")
+            paths.append(item)
+            continue
         found = sorted(m.path for r in FileSystems.match([item]) for m in r.metadata_list)
-        if is_glob and not found:
+        if not found:
             raise sources.DataSourceError(f"{key}: pattern {item!r} matches no file")
-        if not is_glob and found != [item] and os.path.isdir(item):
-            raise sources.DataSourceError(
-                f"{key}: {item!r} is a directory; use a glob like {item}/*"
-            )
         paths.extend(found)
     return list(dict.fromkeys(paths))
 

@@ -440,13 +440,13 @@ def prepare_beam(
         raise FileExistsError(f"{output_dir} already holds a prepared corpus; choose a new one")
     if FileSystems.get_scheme(output_dir) in (None, "file"):
         os.makedirs(output_dir, exist_ok=True)
-    units = read_units(settings)
     fixed_vocab = None
     if settings.vocab_file:
         # Validated here, on the launcher, so a bad file fails before any worker starts.
         fixed_vocab = read_vocab_file(settings.vocab_file)
     elif settings.source == "tfds":
         raise ValueError("data.source='tfds' needs data.vocab_file (a BERT vocab.txt)")
+    units = read_units(settings)
 
     s, fraction = settings, settings.eval_fraction
     options = PipelineOptions([f"--runner={runner}", *pipeline_options])

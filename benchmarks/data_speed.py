@@ -153,7 +153,7 @@ def main() -> None:
     rows: list[tuple[str, str]] = []
     if args.only == "prepare":
         rows += _prepare_rows(vocab_path, tmp, args.prepare_rounds)
-        _print_table(rows, seq_len, bs, vocab_desc, text_mb, load_before)
+        _print_table(rows, seq_len, bs, vocab_desc, None, load_before)
         return
 
     rate = _rate(lambda: tok.encode_batch(sentences), text_mb, args.seconds)
@@ -281,14 +281,15 @@ def _print_table(
     seq_len: int,
     bs: int,
     vocab_desc: str,
-    text_mb: float,
+    text_mb: float | None,
     load_before: float,
 ) -> None:
     """Prints the header (machine, vocabulary, load) and the table."""
     print(
         f"\nbertjax data pipeline speed: {os.cpu_count()} CPU cores, seq_len {seq_len}, batch {bs}"
     )
-    print(f"vocabulary: {vocab_desc}; text: the embedded corpus ({text_mb:.2f} MB)")
+    text = f"; text: the embedded corpus ({text_mb:.2f} MB)" if text_mb is not None else ""
+    print(f"vocabulary: {vocab_desc}{text}")
     load = (load_before, os.getloadavg()[0])
     print(f"load average (1 min) before / after: {load[0]:.1f} / {load[1]:.1f}\n")
     width = max(len(r[0]) for r in rows)

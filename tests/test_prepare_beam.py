@@ -275,3 +275,27 @@ def test_missing_beam_extra_says_what_to_install(monkeypatch, tmp_path):
         prepare_beam(
             _settings(), output_dir=str(tmp_path), seed=0, num_shards=1, runner="DirectRunner"
         )
+
+
+def test_plan_shards_holds_out_what_the_online_pipeline_holds_out():
+    """The shard plan (run on one Beam worker over hashes only) makes the same eval split as
+    `split_eval_exact` over the documents, ties between duplicate texts included."""
+    from bertjax.data import embedded_corpus
+    from bertjax.data.cleaning import document_hash
+    from bertjax.data.pipeline import split_eval_exact
+    from bertjax.data.prepare_stages import plan_shards
+
+    docs = [list(d) for d in embedded_corpus.embedded_documents()]
+    docs += docs[:5]  # duplicates: equal hashes, broken by position
+    hashes = np.array([document_hash(d) for d in docs], np.uint64)
+    for fraction in (0.03, 0.1, 0.5):
+        train, held = split_eval_exact(docs, fraction)
+        plan = plan_shards(hashes, eval_fraction=fraction, num_shards=7)
+        assert [docs[i] for i in np.nonzero(plan.split == 1)[0]] == held
+        assert plan.num_shards == min(7, len(train) // 2)
+        for split, part in (("train", train), ("eval", held)):
+            for i in range(plan.num_shards):
+                assert [docs[k] for k in plan.members(split, i)] == part[i :: plan.num_shards]
+    # Too few documents to hold any out: everything trains, in one shard.
+    plan = plan_shards(hashes[:3], eval_fraction=0.5, num_shards=4)
+    assert plan.split.tolist() == [0, 0, 0] and plan.num_shards == 1

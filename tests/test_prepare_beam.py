@@ -214,6 +214,20 @@ def test_corpus_wide_dedup_counts_in_metadata(beam, tmp_path, dedup):
         )
 
 
+def test_unknown_beam_option_is_an_error(beam, tmp_path):
+    from bertjax.data.prepare_beam import prepare_beam
+
+    with pytest.raises(ValueError, match=r"unknown Beam option\(s\) \['direct_num_worker'\]"):
+        prepare_beam(
+            _settings(),
+            output_dir=str(tmp_path / "out"),
+            seed=0,
+            num_shards=1,
+            runner="DirectRunner",
+            pipeline_options=["--direct_num_worker=2"],
+        )
+
+
 def test_inputs_are_matched_on_beam_filesystems(beam, tmp_path):
     from bertjax.data.prepare_beam import match_files
     from bertjax.data.sources import DataSourceError

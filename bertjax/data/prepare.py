@@ -231,6 +231,11 @@ def main(argv: Sequence[str]) -> None:
             num_workers=f.num_workers,
         )
     else:
+        if f["num_workers"].present:
+            raise ValueError(
+                "--num_workers is for --runner=multiprocessing; give a Beam runner's workers in "
+                "--beam_pipeline_options (e.g. --direct_num_workers=2, --max_num_workers=64)"
+            )
         from bertjax.data.prepare_beam import prepare_beam
 
         meta = prepare_beam(

@@ -435,6 +435,15 @@ def prepare_beam(
     from apache_beam.options.pipeline_options import PipelineOptions
 
     check_request(settings, num_shards)
+    options = PipelineOptions([f"--runner={runner}", *pipeline_options])
+    unknown = set(options.get_all_options(retain_unknown_options=True)) - set(
+        options.get_all_options()
+    )
+    if unknown:  # Beam would only log and drop them: a mistyped worker count would go unseen
+        raise ValueError(
+            f"--beam_pipeline_options: unknown Beam option(s) {sorted(unknown)} "
+            f"(from {' '.join(pipeline_options)!r})"
+        )
     meta_path = FileSystems.join(output_dir, shards.METADATA)
     if FileSystems.exists(meta_path):
         raise FileExistsError(f"{output_dir} already holds a prepared corpus; choose a new one")
@@ -449,7 +458,6 @@ def prepare_beam(
     units = read_units(settings)
 
     s, fraction = settings, settings.eval_fraction
-    options = PipelineOptions([f"--runner={runner}", *pipeline_options])
     with beam.Pipeline(options=options) as p:
         read = (
             p

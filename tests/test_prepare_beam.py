@@ -168,7 +168,8 @@ def _docs(n: int, tag: str) -> list[list[str]]:
 
 
 @pytest.mark.parametrize("dedup", [True, False])
-def test_corpus_wide_dedup_counts_in_metadata(beam, tmp_path, dedup):
+def test_corpus_wide_dedup_counts_in_metadata(beam, tmp_path, dedup, monkeypatch):
+    from bertjax.data import prepare_beam as pb
     from bertjax.data.prepare_beam import prepare_beam
 
     a, b = _docs(12, "a"), _docs(12, "b")
@@ -203,6 +204,23 @@ def test_corpus_wide_dedup_counts_in_metadata(beam, tmp_path, dedup):
     assert bm["stats"]["dropped_duplicate"] == expected
     bm.pop("engine"), mp.pop("engine")
     assert bm == mp
+    if dedup:
+        # A remote output_dir (gs://, ...): shards are written to a local temporary file and
+        # copied up through Beam's filesystems; here "remote" is the local disk again.
+        monkeypatch.setattr(pb, "is_local", lambda path: False)
+        remote = tmp_path / "remote"
+        remote.mkdir()
+        pb.prepare_beam(
+            settings,
+            output_dir=str(remote),
+            seed=3,
+            num_shards=3,
+            runner="DirectRunner",
+            pipeline_options=IN_MEMORY,
+        )
+        for f in (tmp_path / "beam").iterdir():
+            assert (remote / f.name).read_bytes() == f.read_bytes(), f.name
+        monkeypatch.undo()
     with pytest.raises(FileExistsError, match="already holds a prepared corpus"):
         prepare_beam(
             settings,

@@ -343,7 +343,7 @@ def _with_local_path(output_dir: str, name: str, write) -> Any:
     from apache_beam.io.filesystems import FileSystems
 
     dest = FileSystems.join(output_dir, name)
-    if FileSystems.get_scheme(dest) in (None, "file"):
+    if is_local(dest):
         return write(dest)
     with tempfile.TemporaryDirectory() as tmp:
         local = os.path.join(tmp, name)
@@ -352,6 +352,13 @@ def _with_local_path(output_dir: str, name: str, write) -> Any:
             while chunk := src.read(1 << 24):
                 dst.write(chunk)
     return out
+
+
+def is_local(path: str) -> bool:
+    """Whether `path` is on the local filesystem (no scheme, or file://)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems.get_scheme(path) in (None, "file")
 
 
 def _write_bytes(path: str, data: bytes) -> None:
@@ -447,7 +454,7 @@ def prepare_beam(
     meta_path = FileSystems.join(output_dir, shards.METADATA)
     if FileSystems.exists(meta_path):
         raise FileExistsError(f"{output_dir} already holds a prepared corpus; choose a new one")
-    if FileSystems.get_scheme(output_dir) in (None, "file"):
+    if is_local(output_dir):
         os.makedirs(output_dir, exist_ok=True)
     fixed_vocab = None
     if settings.vocab_file:

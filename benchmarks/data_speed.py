@@ -1,6 +1,7 @@
 r"""Speed of the pretraining data pipeline on this machine's CPUs; prints one table.
 
-    python benchmarks/data_speed.py [--seconds=3] [--batch_size=256]
+    python benchmarks/data_speed.py [--seconds=3] [--batch_size=256] [--prepare_rounds=3]
+    python benchmarks/data_speed.py --only=prepare   # just the two prepare engines
 
 Rows:
   * tokenization: WordPiece (`tokenizers`, Rust, all cores) over real English, MB of text/s;
@@ -23,6 +24,8 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -71,10 +74,73 @@ def _vocab_file(tmp: str) -> tuple[str, str]:
     return path, f"trained on the embedded corpus ({len(vocab)})"
 
 
+def _prepare_corpus(tmp: str) -> tuple[str, str, str]:
+    """(data.text_files, data.text_format, description) of the text both prepare engines read."""
+    wiki = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "corpus")
+    names = ("wiki.valid.tokens", "wiki.test.tokens")
+    if all(os.path.exists(os.path.join(wiki, n)) for n in names):
+        paths = [os.path.abspath(os.path.join(wiki, n)) for n in names]
+        return ",".join(paths), "paragraphs", "WikiText-2 valid + test"
+    path = os.path.join(tmp, "embedded.txt")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n\n".join("\n".join(d) for d in embedded_corpus.embedded_documents()) + "\n")
+    return path, "bert", "the embedded corpus"
+
+
+def _prepare_rows(vocab_path: str, tmp: str, rounds: int) -> list[tuple[str, str]]:
+    """Both prepare engines on the same files, alternated; MB of input text per second."""
+    files, text_format, desc = _prepare_corpus(tmp)
+    mb = sum(os.path.getsize(p) for p in files.split(",")) / 1e6
+    cfg = default_data_config()
+    cfg.source, cfg.text_files, cfg.text_format, cfg.vocab_file = (
+        "text_files",
+        files,
+        text_format,
+        vocab_path,
+    )
+    settings = DataSettings.from_config(cfg)
+    try:
+        import apache_beam  # noqa: F401
+
+        from bertjax.data.prepare_beam import prepare_beam
+    except ImportError:
+        return [("prepare: Beam DirectRunner", "not installed")]
+    beam_opts = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+    times: dict[str, list[float]] = {"mp": [], "beam": []}
+    for r in range(rounds):
+        for engine in ("mp", "beam"):
+            out = os.path.join(tmp, f"prep_{engine}_{r}")
+            t0 = time.perf_counter()
+            if engine == "mp":
+                prepare(
+                    settings, output_dir=out, seed=0, num_shards=8, num_workers=2, progress=False
+                )
+            else:
+                prepare_beam(
+                    settings,
+                    output_dir=out,
+                    seed=0,
+                    num_shards=8,
+                    runner="DirectRunner",
+                    pipeline_options=beam_opts,
+                )
+            times[engine].append(time.perf_counter() - t0)
+            shutil.rmtree(out)
+    mp_t, beam_t = statistics.median(times["mp"]), statistics.median(times["beam"])
+    print(f"prepare: {desc}, {mb:.2f} MB of text; seconds per run: {times}")
+    return [
+        ("prepare: multiprocessing, 2 workers", f"{mb / mp_t:.2f} MB/s"),
+        ("prepare: Beam DirectRunner, 2 workers", f"{mb / beam_t:.2f} MB/s"),
+        ("ratio multiprocessing / Beam", f"{beam_t / mp_t:.2f}x"),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="timing window per row")
     parser.add_argument("--batch_size", type=int, default=256, help="local batch size")
+    parser.add_argument("--prepare_rounds", type=int, default=3, help="runs of each engine")
+    parser.add_argument("--only", choices=["all", "prepare"], default="all", help="rows to run")
     args = parser.parse_args()
     seq_len, bs = 128, args.batch_size
     tmp = tempfile.mkdtemp(prefix="bertjax_data_speed_")
@@ -85,6 +151,10 @@ def main() -> None:
     text_mb = sum(len(s.encode()) for s in sentences) / 1e6
     load_before = os.getloadavg()[0]
     rows: list[tuple[str, str]] = []
+    if args.only == "prepare":
+        rows += _prepare_rows(vocab_path, tmp, args.prepare_rounds)
+        _print_table(rows, seq_len, bs, vocab_desc, None, load_before)
+        return
 
     rate = _rate(lambda: tok.encode_batch(sentences), text_mb, args.seconds)
     rows.append(("tokenization (Rust, all cores)", f"{rate:.2f} MB/s"))
@@ -202,11 +272,24 @@ def main() -> None:
     rows.append(("masking: transformers torch_mask_tokens only", f"{theirs_core:,.0f} seq/s"))
     rows.append(("ratio ours / collator __call__", f"{ours / theirs_call:.1f}x"))
     rows.append(("ratio ours / torch_mask_tokens only", f"{ours / theirs_core:.1f}x"))
+    rows += _prepare_rows(vocab_path, tmp, args.prepare_rounds)
+    _print_table(rows, seq_len, bs, vocab_desc, text_mb, load_before)
 
+
+def _print_table(
+    rows: list[tuple[str, str]],
+    seq_len: int,
+    bs: int,
+    vocab_desc: str,
+    text_mb: float | None,
+    load_before: float,
+) -> None:
+    """Prints the header (machine, vocabulary, load) and the table."""
     print(
         f"\nbertjax data pipeline speed: {os.cpu_count()} CPU cores, seq_len {seq_len}, batch {bs}"
     )
-    print(f"vocabulary: {vocab_desc}; text: the embedded corpus ({text_mb:.2f} MB)")
+    text = f"; text: the embedded corpus ({text_mb:.2f} MB)" if text_mb is not None else ""
+    print(f"vocabulary: {vocab_desc}{text}")
     load = (load_before, os.getloadavg()[0])
     print(f"load average (1 min) before / after: {load[0]:.1f} / {load[1]:.1f}\n")
     width = max(len(r[0]) for r in rows)

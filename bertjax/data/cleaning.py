@@ -97,6 +97,31 @@ def _needs_control_scan(text: str) -> bool:
     return True
 
 
+def clean_document(
+    doc: Document, *, min_document_chars: int, stats: CleaningStats
+) -> Document | None:
+    """One document's normalised non-empty sentences, or None when it is dropped (counted).
+
+    Counts `documents_in`, `control_chars_removed` and `dropped_empty` / `dropped_too_short`;
+    duplicates and the kept counts are the caller's (they need the whole corpus). Shared by the
+    online pipeline, `prepare` and its Beam pipeline, so all of them clean alike.
+    """
+    stats.documents_in += 1
+    sentences = [s for s in (normalize_text(x, stats) for x in doc) if s]
+    if not sentences:
+        stats.dropped_empty += 1
+        return None
+    if sum(len(s) for s in sentences) < min_document_chars:
+        stats.dropped_too_short += 1
+        return None
+    return sentences
+
+
+def dedup_key(doc: Document) -> bytes:
+    """The exact-duplicate key of a cleaned document: a 128-bit hash of its normalised text."""
+    return hashlib.blake2b("\n".join(doc).encode("utf-8"), digest_size=16).digest()
+
+
 def clean_documents(
     documents: Iterable[Document],
     *,
@@ -112,16 +137,11 @@ def clean_documents(
     """
     seen: set[bytes] = set()
     for doc in documents:
-        stats.documents_in += 1
-        sentences = [s for s in (normalize_text(x, stats) for x in doc) if s]
-        if not sentences:
-            stats.dropped_empty += 1
-            continue
-        if sum(len(s) for s in sentences) < min_document_chars:
-            stats.dropped_too_short += 1
+        sentences = clean_document(doc, min_document_chars=min_document_chars, stats=stats)
+        if sentences is None:
             continue
         if dedup_documents:
-            key = hashlib.blake2b("\n".join(sentences).encode("utf-8"), digest_size=16).digest()
+            key = dedup_key(sentences)
             if key in seen:
                 stats.dropped_duplicate += 1
                 continue

@@ -9,25 +9,29 @@ over shards); every train document yields `data.dupe_factor` passes of instances
 google-research/bert's `create_pretraining_data.py`. Train with
 `--config.data.source=prepared --config.data.prepared_dir=/data/bert_prepared`; masking stays
 online and dynamic. Random "NotNext" segments are drawn from documents of the same shard.
+
+`--runner=DirectRunner|DataflowRunner|FlinkRunner|SparkRunner` (with
+`--beam_pipeline_options='...'`) runs the same stages as an Apache Beam pipeline
+(`bertjax.data.prepare_beam`) for corpora beyond one machine; both engines share
+`bertjax.data.prepare_stages`, so they write the same shards record for record.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import multiprocessing
 import os
-import random
+import shlex
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from bertjax.data import embedded_corpus, pipeline, shards, sources
-from bertjax.data.cleaning import CleaningStats, Document
-from bertjax.data.instances import InstanceSpans, create_instances
+from bertjax.data import prepare_stages as stages
+from bertjax.data.cleaning import CleaningStats, Document, document_hash
 from bertjax.data.settings import DataSettings
 from bertjax.data.tokenizer import WordPieceTokenizer
 
@@ -50,8 +54,6 @@ class ShardJob:
 
 def _run_job(job: ShardJob) -> dict[str, Any]:
     """Tokenizes, pairs and writes one shard; returns its counts (runs in a worker process)."""
-    from array_record.python.array_record_module import ArrayRecordWriter
-
     s = job.settings
     stats = CleaningStats()
     train_docs, eval_docs = job.train_docs, job.eval_docs
@@ -69,37 +71,18 @@ def _run_job(job: ShardJob) -> dict[str, Any]:
         docs = pipeline._clean(raw, s, stats)
         train_docs, eval_docs = pipeline.split_eval_by_threshold(docs, s.eval_fraction)
     tokenizer = WordPieceTokenizer(job.vocab, do_lower_case=s.do_lower_case)
-    dtype = shards.record_dtype(tokenizer.vocab_size)
-    out: dict[str, Any] = {"stats": stats.as_dict()}
-    for split, docs, passes in (("train", train_docs, s.dupe_factor), ("eval", eval_docs or [], 1)):
-        name = shards.shard_name(split, job.index, job.num_shards)
+    out: dict[str, Any] = {"stats": stats.as_dict(), "shards": []}
+    for split, docs in (("train", train_docs), ("eval", eval_docs or [])):
         if not docs:
-            out[split] = (None, 0)
             continue
-        corpus = pipeline.tokenize_documents(tokenizer, docs)
-        parts = []
-        for k in range(passes):
-            rng = random.Random(pipeline.seed_int("prepare", job.seed, split, job.index, k))
-            parts.append(
-                create_instances(
-                    corpus,
-                    max_seq_length=s.max_seq_length,
-                    short_seq_prob=s.short_seq_prob,
-                    objective=s.sentence_objective,
-                    rng=rng,
-                )
-            )
-        spans = InstanceSpans.concatenate(parts)
-        order = np.random.default_rng(
-            pipeline.seed_int("prepare-shuffle", job.seed, split, job.index)
+        records = stages.shard_records(
+            docs, split=split, index=job.index, settings=s, tokenizer=tokenizer, seed=job.seed
         )
-        spans = spans.take(order.permutation(len(spans)))
-        path = os.path.join(job.output_dir, name)
-        writer = ArrayRecordWriter(path, "group_size:1")  # group_size 1: fast random access
-        for rec in shards.encode_records(corpus.tokens, spans, dtype):
-            writer.write(rec)
-        writer.close()
-        out[split] = (name, len(spans))
+        name = shards.shard_name(split, job.index, job.num_shards)
+        digest = stages.write_records(os.path.join(job.output_dir, name), records)
+        out["shards"].append(
+            stages.shard_result(split, job.index, job.num_shards, len(records), digest)
+        )
     return out
 
 
@@ -112,17 +95,19 @@ def prepare(
     num_workers: int,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Writes a prepared directory (see `bertjax.data.shards`); returns its metadata."""
-    if settings.source == "prepared":
-        raise ValueError("data.source='prepared' is already prepared; choose a text source")
-    if num_shards < 1 or num_workers < 1:
-        raise ValueError("--num_shards and --num_workers must be >= 1")
+    """Writes a prepared directory (see `bertjax.data.shards`) with a process pool on this host;
+    returns its metadata. `bertjax.data.prepare_beam.prepare_beam` writes the same with Beam."""
+    check_request(settings, num_shards)
+    if num_workers < 1:
+        raise ValueError("--num_workers must be >= 1")
     os.makedirs(output_dir, exist_ok=True)
     if os.path.exists(os.path.join(output_dir, shards.METADATA)):
         raise FileExistsError(f"{output_dir} already holds a prepared corpus; choose a new one")
     stats = CleaningStats()
     jobs: list[ShardJob]
     if settings.source == "tfds":
+        # Each worker reads its own examples (index::num_shards), so nothing is loaded here;
+        # duplicates are found within a shard only (the Beam engine dedups corpus-wide).
         tokenizer = WordPieceTokenizer.from_vocab_file(
             settings.vocab_file, do_lower_case=settings.do_lower_case
         )
@@ -141,14 +126,17 @@ def prepare(
                 unicode_errors=settings.unicode_errors,
                 stats=stats,
             )
-        docs = pipeline._clean(raw, settings, stats)
-        train, held = pipeline.split_eval_exact(docs, settings.eval_fraction)
-        corpus_fp = pipeline.documents_fingerprint(docs)
+        docs = pipeline._clean(raw, settings, stats)  # dedup keeps the first of equal texts
+        plan = stages.plan_shards(
+            np.array([document_hash(d) for d in docs], np.uint64),
+            eval_fraction=settings.eval_fraction,
+            num_shards=num_shards,
+        )
+        corpus_fp = plan.fingerprint
         tokenizer = pipeline.resolve_tokenizer(
             settings, vocab_docs=docs, corpus_fingerprint=corpus_fp, vocab_dir=None, process_index=0
         )
-        # Two documents per shard at least, so that a "NotNext" segment has somewhere to come from.
-        num_shards = max(1, min(num_shards, len(train) // 2))
+        num_shards = plan.num_shards
         jobs = [
             ShardJob(
                 i,
@@ -157,8 +145,8 @@ def prepare(
                 settings,
                 tokenizer.vocab,
                 seed,
-                train_docs=train[i::num_shards],
-                eval_docs=held[i::num_shards],
+                train_docs=[docs[k] for k in plan.members("train", i)],
+                eval_docs=[docs[k] for k in plan.members("eval", i)],
             )
             for i in range(num_shards)
         ]
@@ -167,35 +155,29 @@ def prepare(
     results = _run_all(jobs, num_workers, progress)
     for r in results:
         stats.merge(CleaningStats(**r["stats"]))
-    train_files = [r["train"][0] for r in results if r["train"][1]]
-    eval_files = [r["eval"][0] for r in results if r["eval"][1]]
-    meta = {
-        "format": shards.FORMAT,
-        "max_seq_length": settings.max_seq_length,
-        "sentence_objective": settings.sentence_objective,
-        "do_lower_case": settings.do_lower_case,
-        "short_seq_prob": settings.short_seq_prob,
-        "dupe_factor": settings.dupe_factor,
-        "source": settings.source,
-        "seed": seed,
-        "vocab_fingerprint": tokenizer.fingerprint(),
-        "corpus_fingerprint": hashlib.sha256(
-            repr((corpus_fp, dataclasses.asdict(settings), seed, num_shards)).encode()
-        ).hexdigest(),
-        "dtype": shards.record_dtype(tokenizer.vocab_size).str,
-        "train_files": train_files,
-        "eval_files": eval_files,
-        "num_train": sum(r["train"][1] for r in results),
-        "num_eval": sum(r["eval"][1] for r in results),
-        "stats": stats.as_dict(),
-    }
-    if not meta["num_train"]:
-        raise ValueError(f"no training instances were made ({stats.summary()})")
+    meta = stages.build_metadata(
+        settings,
+        seed=seed,
+        num_shards=num_shards,
+        corpus_fingerprint=corpus_fp,
+        tokenizer=tokenizer,
+        results=[shard for r in results for shard in r["shards"]],
+        stats=stats,
+        engine="multiprocessing",
+    )
     tmp = os.path.join(output_dir, shards.METADATA + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=2)
     os.replace(tmp, os.path.join(output_dir, shards.METADATA))  # last: marks the output complete
     return meta
+
+
+def check_request(settings: DataSettings, num_shards: int) -> None:
+    """Refuses what neither engine can prepare (a prepared source, no shards)."""
+    if settings.source == "prepared":
+        raise ValueError("data.source='prepared' is already prepared; choose a text source")
+    if num_shards < 1:
+        raise ValueError("--num_shards must be >= 1")
 
 
 def _run_all(jobs: Sequence[ShardJob], num_workers: int, progress: bool) -> list[dict[str, Any]]:
@@ -227,22 +209,46 @@ def _indexed_job(item: tuple[int, ShardJob]) -> tuple[int, dict[str, Any]]:
     return item[0], _run_job(item[1])
 
 
+RUNNERS = ("multiprocessing", "DirectRunner", "DataflowRunner", "FlinkRunner", "SparkRunner")
+
+
 def main(argv: Sequence[str]) -> None:
     from absl import flags
 
     del argv
-    config = flags.FLAGS.config
+    f = flags.FLAGS
+    config = f.config
     settings = DataSettings.from_config(config.data)
-    meta = prepare(
-        settings,
-        output_dir=flags.FLAGS.output_dir,
-        seed=int(config.get("seed", 0)),
-        num_shards=flags.FLAGS.num_shards,
-        num_workers=flags.FLAGS.num_workers,
-    )
+    seed = int(config.get("seed", 0))
+    if f.runner == "multiprocessing":
+        if f.beam_pipeline_options:
+            raise ValueError("--beam_pipeline_options needs a Beam --runner (e.g. DirectRunner)")
+        meta = prepare(
+            settings,
+            output_dir=f.output_dir,
+            seed=seed,
+            num_shards=f.num_shards,
+            num_workers=f.num_workers,
+        )
+    else:
+        if f["num_workers"].present:
+            raise ValueError(
+                "--num_workers is for --runner=multiprocessing; give a Beam runner's workers in "
+                "--beam_pipeline_options (e.g. --direct_num_workers=2, --max_num_workers=64)"
+            )
+        from bertjax.data.prepare_beam import prepare_beam
+
+        meta = prepare_beam(
+            settings,
+            output_dir=f.output_dir,
+            seed=seed,
+            num_shards=f.num_shards,
+            runner=f.runner,
+            pipeline_options=shlex.split(f.beam_pipeline_options),
+        )
     print(
         f"wrote {meta['num_train']} train / {meta['num_eval']} eval instances in "
-        f"{len(meta['train_files'])} + {len(meta['eval_files'])} shards to {flags.FLAGS.output_dir}"
+        f"{len(meta['train_files'])} + {len(meta['eval_files'])} shards to {f.output_dir}"
     )
     print(f"cleaning: {CleaningStats(**meta['stats']).summary()}")
 
@@ -254,6 +260,22 @@ if __name__ == "__main__":
     config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
     flags.DEFINE_string("output_dir", None, "Directory to write the shards to (must be new).")
     flags.DEFINE_integer("num_shards", 64, "Number of train shards (and eval shards).")
-    flags.DEFINE_integer("num_workers", os.cpu_count() or 1, "Worker processes.")
+    flags.DEFINE_integer(
+        "num_workers", os.cpu_count() or 1, "Worker processes (multiprocessing runner)."
+    )
+    flags.DEFINE_enum(
+        "runner",
+        "multiprocessing",
+        RUNNERS,
+        "multiprocessing: a process pool on this host; otherwise the Apache Beam runner "
+        "(needs the beam extra: pip install 'bertjax[beam]').",
+    )
+    flags.DEFINE_string(
+        "beam_pipeline_options",
+        "",
+        "Beam pipeline flags, space-separated, e.g. '--direct_num_workers=2 "
+        "--direct_running_mode=multi_processing' or '--project=P --region=R "
+        "--temp_location=gs://B/tmp'.",
+    )
     flags.mark_flags_as_required(["config", "output_dir"])
     app.run(main)

@@ -91,17 +91,29 @@ def read_text_file(
 
     An empty file yields no documents and is counted in `stats.empty_files` with a warning.
     """
+    with open(path, "rb") as f:
+        data = f.read()
+    return documents_from_bytes(
+        data, where=path, text_format=text_format, unicode_errors=unicode_errors, stats=stats
+    )
+
+
+def documents_from_bytes(
+    data: bytes, *, where: str, text_format: str, unicode_errors: str, stats: CleaningStats
+) -> list[Document]:
+    """Documents of one file's bytes (`where` names it in errors); counts the file as read.
+
+    Shared by local reading and the Beam pipeline, which reads through Beam's filesystems.
+    """
     if text_format not in TEXT_FORMATS:
         raise DataSourceError(
             f"data.text_format must be one of {TEXT_FORMATS}, got {text_format!r}"
         )
-    with open(path, "rb") as f:
-        data = f.read()
     stats.files_read += 1
-    text = decode_bytes(data, where=path, unicode_errors=unicode_errors, stats=stats)
+    text = decode_bytes(data, where=where, unicode_errors=unicode_errors, stats=stats)
     if not text.strip():
         stats.empty_files += 1
-        log.warning("%s is empty: it contributes no documents", path)
+        log.warning("%s is empty: it contributes no documents", where)
         return []
     return list(_documents_from_text(text, text_format))
 
@@ -182,15 +194,28 @@ def tfds_documents(
                 f"tfds {name}[{split}] example {i} has no field data.tfds_text_key="
                 f"{text_key!r}; fields: {sorted(example)}"
             )
-        value = example[text_key]
-        where = f"tfds {name}[{split}] example {i} field {text_key!r}"
-        text = (
-            decode_bytes(value, where=where, unicode_errors=unicode_errors, stats=stats)
-            if isinstance(value, bytes)
-            else str(value)
+        docs.append(
+            tfds_example_document(
+                example[text_key],
+                where=f"tfds {name}[{split}] example {i} field {text_key!r}",
+                unicode_errors=unicode_errors,
+                stats=stats,
+            )
         )
-        doc: Document = []
-        for paragraph in text.split("\n"):
-            doc.extend(split_sentences(paragraph))
-        docs.append(doc)
     return docs
+
+
+def tfds_example_document(
+    value: bytes | str, *, where: str, unicode_errors: str, stats: CleaningStats
+) -> Document:
+    """One TFDS example's text field as a document: its lines are paragraphs, split into
+    sentences (shared by the online pipeline, `prepare` and its Beam pipeline)."""
+    text = (
+        decode_bytes(value, where=where, unicode_errors=unicode_errors, stats=stats)
+        if isinstance(value, bytes)
+        else str(value)
+    )
+    doc: Document = []
+    for paragraph in text.split("\n"):
+        doc.extend(split_sentences(paragraph))
+    return doc

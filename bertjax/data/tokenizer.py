@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 from tokenizers.implementations import BertWordPieceTokenizer
@@ -167,9 +168,24 @@ def train_wordpiece_vocab(
     Deterministic: the same texts give the same vocabulary in every process (see
     `bertjax.data.vocab_trainer` for why the `tokenizers` trainer is not used for the merges).
     """
+    counts = vocab_trainer.count_words(texts, do_lower_case=do_lower_case)
+    return train_wordpiece_vocab_from_counts(
+        counts, vocab_size=vocab_size, min_frequency=min_frequency, limit_alphabet=limit_alphabet
+    )
+
+
+def train_wordpiece_vocab_from_counts(
+    counts: Mapping[str, int],
+    *,
+    vocab_size: int,
+    min_frequency: int = 2,
+    limit_alphabet: int = 1000,
+) -> list[str]:
+    """`train_wordpiece_vocab` from word frequencies (`vocab_trainer.count_words`), which can be
+    counted in parallel and summed: the Beam prepare pipeline trains its vocabulary this way."""
     if vocab_size < len(SPECIAL_TOKENS) + 1:
         raise ValueError(f"vocab_size must be > {len(SPECIAL_TOKENS)}, got {vocab_size}")
-    counts = vocab_trainer.count_words(texts, do_lower_case=do_lower_case)
+    counts = Counter(counts)
     if not counts:
         raise ValueError("cannot train a vocabulary: the text has no words")
     return vocab_trainer.train_from_word_counts(

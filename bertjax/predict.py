@@ -7,9 +7,10 @@
     python -m bertjax.predict --workdir=runs/mnli --submission_dir=submission \
         --data_dir=glue_data          # (or omit --data_dir to read TFDS glue/TASK test splits)
 
-The model is rebuilt from the run directory alone: ``glue_run.json`` and ``vocab.txt`` (written
-by the GLUE task at the start of training) and the best checkpoint (``best/``, or the latest
-training checkpoint when the run has none). Predictions are written with the label strings GLUE
+The model is rebuilt from the run directory alone (`bertjax.inference.load_run`): ``run.json``
+and ``vocab.txt`` (written by the training loop at the start of training; older runs'
+``glue_run.json`` is read too) and the best checkpoint (``best/``, or the latest training
+checkpoint when the run has none). Predictions are written with the label strings GLUE
 uses (``entailment``, ``0``/``1``, the STS-B score) and, for classification, the probability of
 every label.
 """
@@ -74,34 +75,19 @@ def load_predictor(workdir: str, checkpoint: str = "") -> Predictor:
     """Rebuilds the model of a GLUE run from `workdir` (params from `checkpoint` if given)."""
     import jax
 
-    from bertjax import checkpointing, models
-    from bertjax.data.tokenizer import WordPieceTokenizer
-    from bertjax.tasks import glue as glue_task
+    from bertjax import inference
 
-    run_path = os.path.join(workdir, glue_task.RUN_FILE)
-    if not os.path.isfile(run_path):
-        raise FileNotFoundError(
-            f"{run_path} not found: --workdir must be the directory of a GLUE fine-tuning run"
-        )
-    with open(run_path, encoding="utf-8") as f:
-        run = json.load(f)
-    cfg = models.ModelConfig.from_dict(run["model"])
-    tokenizer = WordPieceTokenizer.from_vocab_file(
-        os.path.join(workdir, run["vocab_file"]), do_lower_case=run["do_lower_case"]
-    )
-    params = checkpointing.restore_params(checkpoint or workdir)
-    model = models.build(cfg)
-
-    @jax.jit
-    def apply_fn(params, batch):
-        return model.apply({"params": params}, batch, train=False)["logits"]
-
+    run = inference.load_run(workdir, checkpoint)
+    glue_name = run.manifest.get("data", {}).get("glue_task")
+    if not glue_name:
+        raise ValueError(f"{workdir}: not a GLUE run (run.json has no data.glue_task)")
+    apply_fn = jax.jit(lambda params, batch: inference.forward(run.module, params, batch))
     return Predictor(
-        task=glue.get_task(run["task"]),
-        tokenizer=tokenizer,
-        max_seq_length=int(run["max_seq_length"]),
+        task=glue.get_task(glue_name),
+        tokenizer=run.tokenizer,
+        max_seq_length=run.max_seq_length,
         apply_fn=apply_fn,
-        params=params,
+        params=run.params,
     )
 
 

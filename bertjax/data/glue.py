@@ -23,6 +23,14 @@ from typing import Any
 
 import numpy as np
 
+# The featuriser is shared with the other fine-tuning readers and inference; re-exported here.
+from bertjax.data.features import (  # noqa: F401
+    MODEL_KEYS,
+    SpecialIds,
+    encode_texts,
+    truncate_pair_lengths,
+)
+
 # ---------------------------------------------------------------------------------------------
 # Task registry
 # ---------------------------------------------------------------------------------------------
@@ -492,30 +500,6 @@ def load_split(
 # ---------------------------------------------------------------------------------------------
 
 
-def truncate_pair_lengths(len_a: int, len_b: int, budget: int) -> tuple[int, int]:
-    """Lengths after longest-first truncation to `len_a + len_b <= budget`.
-
-    google-research/bert's `_truncate_seq_pair` pops one token at a time from the end of the
-    longer sequence (the second one on a tie); this is its closed form.
-    """
-    if len_a + len_b <= budget:
-        return len_a, len_b
-    if len_a <= len_b and 2 * len_a <= budget:
-        return len_a, budget - len_a
-    if len_b < len_a and 2 * len_b <= budget:
-        return budget - len_b, len_b
-    return (budget + 1) // 2, budget // 2  # both cut; ties pop from b, so a keeps the odd one
-
-
-@dataclasses.dataclass(frozen=True)
-class SpecialIds:
-    """Ids of BERT's special tokens in the vocabulary."""
-
-    cls: int
-    sep: int
-    pad: int = 0
-
-
 def featurize(
     examples: Sequence[GlueExample],
     encode: Callable[[list[str]], list[list[int]]],
@@ -533,36 +517,18 @@ def featurize(
     index [N] int64.
     """
     is_pair = any(e.text_b is not None for e in examples)
-    min_length = 3 if is_pair else 2
-    if max_seq_length < min_length + 1:
-        raise ValueError(f"max_seq_length={max_seq_length} is too short for GLUE inputs")
-    ids_a = encode([e.text_a for e in examples])
-    ids_b = encode([e.text_b or "" for e in examples]) if is_pair else None
-    n = len(examples)
-    input_ids = np.full((n, max_seq_length), special.pad, dtype=np.int32)
-    token_type_ids = np.zeros((n, max_seq_length), dtype=np.int32)
-    attention_mask = np.zeros((n, max_seq_length), dtype=np.int32)
-    for i in range(n):
-        a = ids_a[i]
-        if ids_b is None:
-            a = a[: max_seq_length - 2]
-            row = [special.cls, *a, special.sep]
-            segment_a = len(row)
-        else:
-            b = ids_b[i]
-            la, lb = truncate_pair_lengths(len(a), len(b), max_seq_length - 3)
-            row = [special.cls, *a[:la], special.sep, *b[:lb], special.sep]
-            segment_a = la + 2
-        input_ids[i, : len(row)] = row
-        token_type_ids[i, segment_a : len(row)] = 1
-        attention_mask[i, : len(row)] = 1
+    inputs = encode_texts(
+        encode,
+        special,
+        [e.text_a for e in examples],
+        [e.text_b or "" for e in examples] if is_pair else None,
+        max_seq_length,
+    )
     has_label = np.array([e.label is not None for e in examples], dtype=bool)
     label_dtype = np.float32 if regression else np.int32
     labels = np.array([0 if e.label is None else e.label for e in examples], dtype=label_dtype)
     return {
-        "input_ids": input_ids,
-        "token_type_ids": token_type_ids,
-        "attention_mask": attention_mask,
+        **inputs,
         "labels": labels,
         "has_label": has_label,
         "index": np.array([e.index for e in examples], dtype=np.int64),
@@ -572,8 +538,6 @@ def featurize(
 # ---------------------------------------------------------------------------------------------
 # Batching: every example once per epoch, the last batch of an epoch padded with weight-0 rows
 # ---------------------------------------------------------------------------------------------
-
-MODEL_KEYS = ("input_ids", "token_type_ids", "attention_mask")
 
 
 def _host_rows(

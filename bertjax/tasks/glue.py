@@ -8,18 +8,17 @@ checkpoint by the task's metric is kept in ``WORKDIR/best/``.
 
 `config.init_from` is a Hugging Face checkpoint directory (config.json + model.safetensors) or a
 bertjax run / checkpoint directory; its encoder (embeddings, encoder layers, pooler) replaces the
-fresh one, its heads (MLM, NSP, an old classifier) are dropped. The run writes
-``WORKDIR/glue_run.json`` (task, model config, sequence length, casing) and a copy of the
-vocabulary, so that `bertjax.predict` can rebuild the model from the workdir alone.
+fresh one, its heads (MLM, NSP, an old classifier) are dropped. The training loop writes
+``WORKDIR/run.json`` (`bertjax.inference.manifest`: task, labels, model config, sequence length,
+casing) and a copy of the vocabulary, so that `bertjax.predict` rebuilds the model from the
+workdir alone.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import os
 import pathlib
-import shutil
 from typing import Any
 
 import jax
@@ -31,9 +30,9 @@ from absl import logging
 
 from bertjax import glue_metrics, models
 from bertjax.data import glue
+from bertjax.inference import manifest as run_manifest
 from bertjax.tasks.base import HostInfo, Task, TaskData
 
-RUN_FILE = "glue_run.json"  # what bertjax.predict needs to rebuild the model from a workdir
 VOCAB_FILE = "vocab.txt"
 ENCODER_KEYS = ("embeddings", "encoder", "pooler")  # the parts of BERT that are fine-tuned
 SIZE_FIELDS = (
@@ -121,10 +120,10 @@ def pretrained_config(config: ml_collections.ConfigDict) -> models.ModelConfig:
                 "needs a BERT encoder"
             )
         return hf_bert.config_from_hf(hf, head="encoder")
-    run_file = _find_near(path, RUN_FILE)
+    manifest = _manifest_near(path)
     base = models.ModelConfig()
-    if run_file:  # a GLUE workdir: its exact config (activation, eps...)
-        base = models.ModelConfig.from_dict(json.loads(run_file.read_text())["model"])
+    if manifest is not None:  # a bertjax run: its exact config (activation, eps...)
+        base = models.ModelConfig.from_dict(manifest["model"])
     return config_from_params(_bertjax_params(path), base)
 
 
@@ -153,6 +152,15 @@ def _find_near(path: str, name: str, levels: int = 3) -> pathlib.Path | None:
     return None
 
 
+def _manifest_near(path: str) -> dict[str, Any] | None:
+    """The run.json (or legacy glue_run.json) of the run that holds checkpoint `path`."""
+    for name in (run_manifest.RUN_FILE, run_manifest.LEGACY_GLUE_FILE):
+        found = _find_near(path, name)
+        if found is not None:
+            return run_manifest.read_manifest(found.parent)
+    return None
+
+
 def _checkpoint_vocab(config: ml_collections.ConfigDict) -> pathlib.Path | None:
     if not config.init_from:
         return None
@@ -167,14 +175,16 @@ def _checkpoint_lower_case(config: ml_collections.ConfigDict) -> bool | None:
     vocab = _checkpoint_vocab(config)
     if vocab is None:
         return None
-    for meta_name, key in (("tokenizer_config.json", "do_lower_case"),
-                           ("vocab_meta.json", "do_lower_case"),
-                           (RUN_FILE, "do_lower_case")):  # fmt: skip
+    for meta_name in ("tokenizer_config.json", "vocab_meta.json"):
         meta = vocab.parent / meta_name
         if meta.is_file():
-            value = json.loads(meta.read_text()).get(key)
+            value = json.loads(meta.read_text()).get("do_lower_case")
             if value is not None:
                 return bool(value)
+    if not is_hf_checkpoint(config.init_from):
+        manifest = _manifest_near(config.init_from)
+        if manifest is not None and manifest["tokenizer"]["type"] == "wordpiece":
+            return bool(manifest["tokenizer"]["do_lower_case"])
     return None
 
 
@@ -407,27 +417,6 @@ def load_features(
     )
 
 
-def _write_run_file(config, workdir: str, cfg: models.ModelConfig, tokenizer) -> None:
-    """WORKDIR/glue_run.json + vocab.txt: enough for bertjax.predict to rebuild the model."""
-    os.makedirs(workdir, exist_ok=True)
-    vocab_copy = os.path.join(workdir, VOCAB_FILE)
-    if not (os.path.exists(vocab_copy) and os.path.samefile(tokenizer.source, vocab_copy)):
-        shutil.copyfile(tokenizer.source, vocab_copy + ".tmp")
-        os.replace(vocab_copy + ".tmp", vocab_copy)
-    run = {
-        "task": glue_task(config).name,
-        "model": cfg.to_dict(),
-        "max_seq_length": int(config.data.max_seq_length),
-        "do_lower_case": bool(config.data.do_lower_case),
-        "vocab_file": VOCAB_FILE,
-        "init_from": config.init_from,
-    }
-    path = os.path.join(workdir, RUN_FILE)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(run, f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
-
-
 def build_data(config: ml_collections.ConfigDict, host: HostInfo) -> TaskData:
     task = glue_task(config)
     tokenizer = resolve_tokenizer(config)
@@ -451,8 +440,6 @@ def build_data(config: ml_collections.ConfigDict, host: HostInfo) -> TaskData:
         iterator.steps_per_epoch,
         {k: len(v["labels"]) for k, v in eval_features.items()},
     )
-    if host.process_index == 0:
-        _write_run_file(config, host.workdir, cfg, tokenizer)
 
     def eval_sets():
         return {
@@ -466,7 +453,24 @@ def build_data(config: ml_collections.ConfigDict, host: HostInfo) -> TaskData:
         vocab_size=tokenizer.vocab_size,
         steps_per_epoch=iterator.steps_per_epoch,
         extras={"tokenizer": tokenizer, "model_config": cfg, "task": task},
+        manifest=run_manifest_fields(config),
     )
+
+
+def run_manifest_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """This task's fields of WORKDIR/run.json (`bertjax.inference.manifest`)."""
+    task = glue_task(config)
+    return {
+        "problem_type": "regression" if task.is_regression else "single_label",
+        "label_names": None if task.labels is None else list(task.labels),
+        "data": {
+            "glue_task": task.name,
+            "text_column": task.test.text_a,
+            "text_pair_column": task.test.text_b,
+            "label_column": task.labelled.label if isinstance(task.labelled.label, str) else None,
+        },
+        "best_metric": best_metric_key(task),
+    }
 
 
 TASK = Task(

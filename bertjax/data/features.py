@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -95,4 +96,46 @@ def encode_texts(
         "input_ids": input_ids,
         "token_type_ids": token_type_ids,
         "attention_mask": attention_mask,
+    }
+
+
+def featurize(
+    examples: Sequence[Any],
+    encode: Callable[[list[str]], list[list[int]]],
+    special: SpecialIds,
+    max_seq_length: int,
+    regression: bool,
+) -> dict[str, np.ndarray]:
+    """Turns example records (`bertjax.data.records.Example`) into fixed-length model inputs.
+
+    `[CLS] a [SEP]` or `[CLS] a [SEP] b [SEP]`, longest-first truncation, right padding with
+    [PAD]. `encode` maps texts to WordPiece ids *without* special tokens.
+
+    Returns numpy arrays: input_ids / token_type_ids / attention_mask [N, max_seq_length] int32,
+    labels [N] (float32 for regression, int32 otherwise; 0 where unlabelled; multi-label:
+    float32 [N, C] multi-hot), has_label [N] bool,
+    index [N] int64.
+    """
+    is_pair = any(e.text_b is not None for e in examples)
+    inputs = encode_texts(
+        encode,
+        special,
+        [e.text_a for e in examples],
+        [e.text_b or "" for e in examples] if is_pair else None,
+        max_seq_length,
+    )
+    has_label = np.array([e.label is not None for e in examples], dtype=bool)
+    label_dtype = np.float32 if regression else np.int32
+    if any(isinstance(e.label, tuple) for e in examples):  # multi-label: multi-hot rows
+        width = len(next(e.label for e in examples if e.label is not None))
+        labels = np.array(
+            [e.label if e.label is not None else (0.0,) * width for e in examples], np.float32
+        ).reshape(len(examples), width)
+    else:
+        labels = np.array([0 if e.label is None else e.label for e in examples], label_dtype)
+    return {
+        **inputs,
+        "labels": labels,
+        "has_label": has_label,
+        "index": np.array([e.index for e in examples], dtype=np.int64),
     }

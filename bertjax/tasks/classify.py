@@ -123,7 +123,7 @@ def build_data(config: ml_collections.ConfigDict, host: HostInfo) -> TaskData:
             "label_column": config.data.label_column,
             "glue_task": None,
         },
-        "best_metric": (best_metric(config) or (None,))[0],
+        "best_metric": (_best(config, problem) or (None,))[0],
     }
     return finetune.make_task_data(
         config, host, tokenizer, cfg, train, evals, names, manifest,
@@ -207,10 +207,14 @@ def best_metric(config: ml_collections.ConfigDict) -> tuple[str, str] | None:
     the problem type's default on the validation set; None without a validation file."""
     if not config.data.validation_file:
         return None
-    key = config.get("best_metric", "")
-    if not key:
-        problem, _ = labels_of(config)
-        key = f"eval/{DEFAULT_BEST[problem]}"
+    problem = "" if config.get("best_metric", "") else labels_of(config)[0]
+    return _best(config, problem)
+
+
+def _best(config: ml_collections.ConfigDict, problem: str) -> tuple[str, str] | None:
+    if not config.data.validation_file:
+        return None
+    key = config.get("best_metric", "") or f"eval/{DEFAULT_BEST[problem]}"
     metric = key.split("/", 1)[-1]
     known = {m for ms in METRICS.values() for m in ms} | {"loss"}
     if "/" not in key or metric not in known:

@@ -286,3 +286,45 @@ def test_losses_per_problem_type_over_real_rows():
     np.testing.assert_allclose(finetune.per_example_loss(logits, hot), bce, rtol=1e-5)
     reg = finetune.per_example_loss(jnp.array([[1.5], [0.0]]), jnp.array([1.0, 2.0]))
     np.testing.assert_allclose(reg, [0.25, 4.0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("problem", ["multi_label", "regression"])
+def test_predict_file_output_columns_per_problem_type(tmp_path, problem):
+    import jax
+
+    from bertjax import inference, models, predict_files
+    from bertjax.data.tokenizer import WordPieceTokenizer
+
+    names = ["x", "y", "z"] if problem == "multi_label" else None
+    cfg = models.get_config(
+        "tiny", vocab_size=len(VOCAB), head="classification", num_labels=3 if names else 1
+    )
+    module = models.build(cfg)
+    params = jax.jit(module.init)(jax.random.key(0), models.example_batch(cfg))["params"]
+    run = inference.LoadedRun(
+        manifest={"data": {"text_column": "review"}},
+        model_config=cfg,
+        module=module,
+        params=params,
+        tokenizer=WordPieceTokenizer(VOCAB, do_lower_case=True),
+        label_names=names,
+        problem_type=problem,
+        max_seq_length=8,
+    )
+    source = _write(tmp_path / "in.tsv", "n\treview\n1\tgood film\n2\tbad\n3\tthe plot\n")
+    assert predict_files.predict_file(run, source, str(tmp_path / "out.csv")) == 3
+    rows = records.read_table(str(tmp_path / "out.csv")).rows
+    assert [r["n"] for r in rows] == ["1", "2", "3"]
+    predict_files.predict_file(run, source, str(tmp_path / "out.jsonl"))
+    lines = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    if problem == "regression":
+        assert list(rows[0]) == ["n", "review", "prediction"]
+        for row, line in zip(rows, lines, strict=True):
+            assert float(row["prediction"]) == pytest.approx(line["prediction"], rel=1e-5)
+        return
+    assert list(rows[0]) == ["n", "review", "prediction", "p_x", "p_y", "p_z"]
+    for row, line in zip(rows, lines, strict=True):
+        over = [n for n in names if line["probabilities"][n] > 0.5]
+        assert line["prediction"] == over
+        assert row["prediction"] == ";".join(over)
+        assert float(row["p_y"]) == pytest.approx(line["probabilities"]["y"], abs=1e-6)

@@ -30,17 +30,19 @@ def tiny_tokenizer() -> WordPieceTokenizer:
 
 
 def tiny_classifier(num_labels: int = 3, max_positions: int = 64, seed: int = 0):
-    """(model config, module, params) of a 2-layer random BERT classifier."""
+    """(model config, module, params) of a 1-layer random BERT classifier (compiles fast)."""
     cfg = models.get_config(
         "tiny",
         head="classification",
         num_labels=num_labels,
         vocab_size=len(VOCAB),
         max_position_embeddings=max_positions,
-        intermediate_size=256,
+        num_layers=1,
+        hidden_size=64,
+        intermediate_size=128,
     )
     module = models.build(cfg)
-    params = module.init(jax.random.key(seed), models.example_batch(cfg))["params"]
+    params = jax.jit(module.init)(jax.random.key(seed), models.example_batch(cfg))["params"]
     return cfg, module, jax.device_get(params)
 
 

@@ -155,7 +155,7 @@ class Batcher:
             rows, longest = rows + 1, max(longest, len(item.row))
             if not self.grid.fits(rows, longest):
                 return True
-        return False
+        return rows >= self.grid.max_batch_size
 
     async def _collect(self) -> None:
         loop = asyncio.get_running_loop()

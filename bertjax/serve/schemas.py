@@ -11,8 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
-# A text, a batch of texts, or a batch of [text] / [text, text_pair] lists.
-PredictInputs = StrictStr | list[StrictStr] | list[list[StrictStr]]
+# A text, or a batch whose items are texts or [text] / [text, text_pair] lists.
+PredictInputs = StrictStr | list[StrictStr | list[StrictStr]]
 
 
 class _Body(BaseModel):

@@ -6,13 +6,13 @@
 
 A Hugging Face directory holds config.json + model.safetensors and its tokenizer (tokenizer.json,
 or vocab.json + merges.txt). A bertjax run directory (`--workdir` of `bertjax.main` with the
-causal_lm task) holds checkpoints/, model_config.json and tokenizer/; its best checkpoint is used
-when it has one, else its latest. `--tokenizer=DIR` overrides where the tokenizer is read from.
+causal_lm task) is loaded from its run.json (`bertjax.inference.load_run`; older runs'
+model_config.json + tokenizer/ too); its best checkpoint is used when it has one, else its latest.
+`--tokenizer=DIR` overrides where the tokenizer is read from.
 """
 
 from __future__ import annotations
 
-import json
 import pathlib
 import sys
 
@@ -52,44 +52,30 @@ def load_model(checkpoint: str, tokenizer_dir: str | None = None, dtype: str | N
         from bertjax.convert import from_hf
 
         cfg, params = from_hf(path)
-        default_tokenizer = path
-    else:
-        from bertjax.checkpointing import restore_params
+        if cfg.model_type != "gpt2":
+            raise ValueError(f"{checkpoint}: model_type {cfg.model_type!r}; generation needs GPT-2")
+        if dtype is not None:
+            cfg = cfg.replace(dtype=dtype)
+        tokenizer = ByteBPETokenizer.from_dir(str(tokenizer_dir or path))
+    else:  # a bertjax run directory: run.json (or an older run's model_config.json)
+        from bertjax.inference import load_run, read_manifest
 
-        params = restore_params(path)
-        cfg = _run_model_config(path, params)
-        default_tokenizer = path / "tokenizer"
-    if cfg.model_type != "gpt2":
-        raise ValueError(f"{checkpoint}: model_type {cfg.model_type!r}; generation needs GPT-2")
-    if dtype is not None:
-        cfg = cfg.replace(dtype=dtype)
-    tokenizer = ByteBPETokenizer.from_dir(str(tokenizer_dir or default_tokenizer))
+        manifest = read_manifest(path)
+        if manifest["model"].get("model_type") != "gpt2":
+            raise ValueError(
+                f"{checkpoint}: run.json's model_type {manifest['model'].get('model_type')!r}; "
+                "generation needs a GPT-2 run (task causal_lm)"
+            )
+        run = load_run(path, dtype=dtype)
+        cfg, params = run.model_config, run.params
+        tokenizer = run.tokenizer
+        if tokenizer_dir:
+            tokenizer = ByteBPETokenizer.from_dir(str(tokenizer_dir))
     if tokenizer.vocab_size > cfg.vocab_size:
         raise ValueError(
             f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {cfg.vocab_size}"
         )
     return models.build(cfg), params, tokenizer
-
-
-def _run_model_config(path: pathlib.Path, params):
-    """The ModelConfig of a bertjax run: model_config.json, else read off the param shapes."""
-    from bertjax import models
-
-    saved = path / "model_config.json"
-    if saved.is_file():
-        return models.ModelConfig.from_dict(json.loads(saved.read_text()))
-    # Older runs: every size is in the shapes; the rest are GPT-2's fixed settings.
-    vocab, hidden = params["word_embeddings"]["embedding"].shape
-    heads = params["layer_0"]["attention"]["query"]["kernel"].shape[1]
-    return models.get_config(
-        "gpt2",
-        vocab_size=vocab,
-        hidden_size=hidden,
-        num_heads=heads,
-        num_layers=sum(1 for k in params if k.startswith("layer_")),
-        intermediate_size=params["layer_0"]["mlp"]["wi"]["kernel"].shape[1],
-        max_position_embeddings=params["position_embeddings"]["embedding"].shape[0],
-    )
 
 
 def main(argv: list[str]) -> None:

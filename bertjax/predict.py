@@ -1,4 +1,8 @@
-"""Predictions of a fine-tuned GLUE run: score a file, or write GLUE test-server submission files.
+"""Predictions of a fine-tuned run: score a file, or write GLUE test-server submission files.
+
+    # The user's own file (classify runs; any run for a .csv): every input field kept, plus the
+    # predicted label, its score and every class's probability (bertjax/predict_files.py):
+    python -m bertjax.predict --workdir=runs/reviews --input=new.csv --output=pred.jsonl
 
     # Score a TSV (GLUE layout, or any TSV with a header and --text_a/--text_b) or a JSONL file:
     python -m bertjax.predict --workdir=runs/stsb --input=pairs.jsonl --output=preds.jsonl
@@ -7,9 +11,10 @@
     python -m bertjax.predict --workdir=runs/mnli --submission_dir=submission \
         --data_dir=glue_data          # (or omit --data_dir to read TFDS glue/TASK test splits)
 
-The model is rebuilt from the run directory alone: ``glue_run.json`` and ``vocab.txt`` (written
-by the GLUE task at the start of training) and the best checkpoint (``best/``, or the latest
-training checkpoint when the run has none). Predictions are written with the label strings GLUE
+The model is rebuilt from the run directory alone (`bertjax.inference.load_run`): ``run.json``
+and ``vocab.txt`` (written by the training loop at the start of training; older runs'
+``glue_run.json`` is read too) and the best checkpoint (``best/``, or the latest training
+checkpoint when the run has none). Predictions are written with the label strings GLUE
 uses (``entailment``, ``0``/``1``, the STS-B score) and, for classification, the probability of
 every label.
 """
@@ -74,34 +79,19 @@ def load_predictor(workdir: str, checkpoint: str = "") -> Predictor:
     """Rebuilds the model of a GLUE run from `workdir` (params from `checkpoint` if given)."""
     import jax
 
-    from bertjax import checkpointing, models
-    from bertjax.data.tokenizer import WordPieceTokenizer
-    from bertjax.tasks import glue as glue_task
+    from bertjax import inference
 
-    run_path = os.path.join(workdir, glue_task.RUN_FILE)
-    if not os.path.isfile(run_path):
-        raise FileNotFoundError(
-            f"{run_path} not found: --workdir must be the directory of a GLUE fine-tuning run"
-        )
-    with open(run_path, encoding="utf-8") as f:
-        run = json.load(f)
-    cfg = models.ModelConfig.from_dict(run["model"])
-    tokenizer = WordPieceTokenizer.from_vocab_file(
-        os.path.join(workdir, run["vocab_file"]), do_lower_case=run["do_lower_case"]
-    )
-    params = checkpointing.restore_params(checkpoint or workdir)
-    model = models.build(cfg)
-
-    @jax.jit
-    def apply_fn(params, batch):
-        return model.apply({"params": params}, batch, train=False)["logits"]
-
+    run = inference.load_run(workdir, checkpoint)
+    glue_name = run.manifest.get("data", {}).get("glue_task")
+    if not glue_name:
+        raise ValueError(f"{workdir}: not a GLUE run (run.json has no data.glue_task)")
+    apply_fn = jax.jit(lambda params, batch: inference.forward(run.module, params, batch))
     return Predictor(
-        task=glue.get_task(run["task"]),
-        tokenizer=tokenizer,
-        max_seq_length=int(run["max_seq_length"]),
+        task=glue.get_task(glue_name),
+        tokenizer=run.tokenizer,
+        max_seq_length=run.max_seq_length,
         apply_fn=apply_fn,
-        params=params,
+        params=run.params,
     )
 
 
@@ -285,8 +275,30 @@ def main(argv: Sequence[str]) -> None:
         raise SystemExit(f"unexpected arguments: {argv[1:]}")
     if not (FLAGS.input or FLAGS.submission_dir):
         raise SystemExit("give --input (with --output) and/or --submission_dir")
+    from bertjax import inference
+
+    manifest = inference.read_manifest(FLAGS.workdir)
+    glue_run = bool((manifest.get("data") or {}).get("glue_task"))
+    if FLAGS.input and (not glue_run or FLAGS.input.endswith(".csv") or FLAGS.format):
+        # The user's own file: every input field kept, plus label, score and probabilities.
+        from bertjax import predict_files
+
+        if not FLAGS.output:
+            raise SystemExit("--input needs --output (a .csv, .tsv or .jsonl path)")
+        run = inference.load_run(FLAGS.workdir, FLAGS.checkpoint)
+        rows = predict_files.predict_file(
+            run, FLAGS.input, FLAGS.output, text_a=FLAGS.text_a, text_b=FLAGS.text_b,
+            fmt=FLAGS.format, batch_size=FLAGS.batch_size,
+        )  # fmt: skip
+        print(f"wrote {rows} predictions to {FLAGS.output}")
+        if not FLAGS.submission_dir:
+            return
+    if not glue_run:
+        raise SystemExit(
+            f"--submission_dir needs a GLUE run; {FLAGS.workdir} is a {manifest['task']} run"
+        )
     predictor = load_predictor(FLAGS.workdir, FLAGS.checkpoint)
-    if FLAGS.input:
+    if FLAGS.input and not (FLAGS.input.endswith(".csv") or FLAGS.format):
         if not FLAGS.output:
             raise SystemExit("--input needs --output (a .jsonl or .tsv path)")
         examples = read_inputs(FLAGS.input, predictor.task, FLAGS.text_a, FLAGS.text_b)
@@ -313,11 +325,14 @@ def main(argv: Sequence[str]) -> None:
 def _define_flags() -> None:
     from absl import flags
 
-    flags.DEFINE_string("workdir", None, "Directory of a GLUE fine-tuning run.", required=True)
+    flags.DEFINE_string("workdir", None, "Directory of a fine-tuning run.", required=True)
     flags.DEFINE_string("checkpoint", "", "Checkpoint to load (default: the run's best).")
-    flags.DEFINE_string("input", "", "File to score: .tsv (GLUE layout or --text_a) or .jsonl.")
-    flags.DEFINE_string("output", "", "Predictions file: .jsonl or .tsv.")
-    flags.DEFINE_string("text_a", "", "Column / JSON key of the first text (default: GLUE's).")
+    flags.DEFINE_string(
+        "input", "", "File to score: .csv, .tsv or .jsonl (GLUE runs: GLUE layout)."
+    )
+    flags.DEFINE_string("output", "", "Predictions file: .csv, .tsv or .jsonl.")
+    flags.DEFINE_string("format", "", "Input format (csv | tsv | jsonl); '' = from the extension.")
+    flags.DEFINE_string("text_a", "", "Column / JSON key of the text (default: the run's).")
     flags.DEFINE_string("text_b", "", "Column / JSON key of the second text of a pair.")
     flags.DEFINE_string("submission_dir", "", "Write GLUE server files (TASK.tsv) here.")
     flags.DEFINE_string("data_dir", "", "GLUE TSV directory of the test sets ('' = TFDS).")

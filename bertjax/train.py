@@ -37,6 +37,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec
 
 from bertjax import checkpointing, config_lib, metrics, optim, profiling, sharding, tasks
+from bertjax.inference import manifest as run_manifest
 
 
 class NonFiniteLossError(RuntimeError):
@@ -368,6 +369,9 @@ def run(
         )
         data = task.build_data(config, host)
     model_cfg, model = task.build_model(config, data)
+    if data is not None and jax.process_index() == 0:
+        # WORKDIR/run.json + the tokenizer's files: every loader works from these alone.
+        run_manifest.write_run(workdir, config, model_cfg, data)
     schedule = resolve_schedule(config, data.steps_per_epoch if data else None)
     # ------------------------------------------------------------------ state and steps
     trainer = build_trainer(config, task, model_cfg, model, mesh, schedule)

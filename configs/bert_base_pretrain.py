@@ -15,6 +15,7 @@ Check memory and FLOPs on your mesh before paying for it: add ``--dry_run`` (no 
 
 import ml_collections
 
+from bertjax import config_defaults
 from bertjax.data.settings import default_data_config
 
 PHASES = {
@@ -61,19 +62,9 @@ def get_config(phase: str = "phase1") -> ml_collections.ConfigDict:
     config.profile_steps = ""  # e.g. "10,15": jax.profiler trace of steps 10-14
     config.init_from = ""  # phase 2: the phase-1 run directory
 
-    config.optim = ml_collections.ConfigDict()
-    config.optim.name = "adamw"
-    config.optim.learning_rate = 1e-4
-    config.optim.warmup_steps = 10_000
-    config.optim.weight_decay = 0.01
-    config.optim.b1 = 0.9
-    config.optim.b2 = 0.999
-    config.optim.eps = 1e-6
-    config.optim.grad_clip_norm = 1.0  # as google-research/bert's optimization.py
-    config.optim.grad_accum_steps = 1  # raise when 256 sequences do not fit at once
+    # AdamW as google-research/bert's optimization.py (clipping at 1.0; raise
+    # grad_accum_steps when 256 sequences do not fit at once).
+    config.optim = config_defaults.optimizer(learning_rate=1e-4, warmup_steps=10_000)
 
-    config.mesh = ml_collections.ConfigDict()
-    config.mesh.data = -1
-    config.mesh.fsdp = 1
-    config.mesh.tensor = 1
+    config.mesh = config_defaults.mesh()
     return config

@@ -18,6 +18,7 @@ is still one optimizer step.
 
 import ml_collections
 
+from bertjax import config_defaults
 from bertjax.data.settings import default_data_config
 
 PHASES = {
@@ -64,20 +65,9 @@ def get_config(phase: str = "phase1") -> ml_collections.ConfigDict:
     config.profile_steps = ""  # e.g. "10,15": jax.profiler trace of steps 10-14
     config.init_from = ""
 
-    config.optim = ml_collections.ConfigDict()
-    config.optim.name = "lamb"
-    config.optim.learning_rate = lr
-    config.optim.warmup_steps = 0  # replaced by warmup_proportion below
-    config.optim.warmup_proportion = warmup
-    config.optim.weight_decay = 0.01
-    config.optim.b1 = 0.9
-    config.optim.b2 = 0.999
-    config.optim.eps = 1e-6
-    config.optim.grad_clip_norm = 1.0
-    config.optim.grad_accum_steps = 1
+    config.optim = config_defaults.optimizer(
+        name="lamb", learning_rate=lr, warmup_proportion=warmup
+    )
 
-    config.mesh = ml_collections.ConfigDict()
-    config.mesh.data = -1
-    config.mesh.fsdp = 1
-    config.mesh.tensor = 1
+    config.mesh = config_defaults.mesh()
     return config

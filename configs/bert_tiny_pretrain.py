@@ -7,6 +7,8 @@ Any key can be overridden on the command line, e.g. `--config.total_steps=100`.
 
 import ml_collections
 
+from bertjax import config_defaults
+
 
 def get_config() -> ml_collections.ConfigDict:
     """Returns the tiny pretraining config (L2/H128, seq 128, embedded corpus)."""
@@ -73,20 +75,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.profile_steps = ""  # e.g. "10,15": jax.profiler trace of steps 10-14
     config.init_from = ""  # a bertjax run/checkpoint or HF BertForPreTraining dir to start from
 
-    config.optim = ml_collections.ConfigDict()
-    config.optim.name = "adamw"  # "adamw" | "lamb"
-    config.optim.learning_rate = 2e-3  # a small model takes a large step; 5e-3 stalls
-    config.optim.warmup_steps = 60
-    config.optim.weight_decay = 0.01
-    config.optim.b1 = 0.9
-    config.optim.b2 = 0.999
-    config.optim.eps = 1e-6
-    config.optim.grad_clip_norm = 1.0
-    config.optim.grad_accum_steps = 1
+    # A small model takes a large step (5e-3 stalls).
+    config.optim = config_defaults.optimizer(learning_rate=2e-3, warmup_steps=60)
 
     # Mesh: sizes of the (data, fsdp, tensor) axes; -1 fills what is left.
-    config.mesh = ml_collections.ConfigDict()
-    config.mesh.data = -1
-    config.mesh.fsdp = 1
-    config.mesh.tensor = 1
+    config.mesh = config_defaults.mesh()
     return config

@@ -11,6 +11,8 @@ with the best dev value of the task's metric are kept in WORKDIR/best/ (see bert
 
 import ml_collections
 
+from bertjax import config_defaults
+
 # The BERT paper's fine-tuning grid (Appendix A.3); launch/glue_sweep.py runs all of it.
 PAPER_LEARNING_RATES = (5e-5, 4e-5, 3e-5, 2e-5)
 PAPER_BATCH_SIZES = (16, 32)
@@ -70,20 +72,8 @@ def get_config(task: str = "mrpc") -> ml_collections.ConfigDict:
     config.checkpoint_every = 1000
     config.keep_checkpoints = 1
 
-    config.optim = ml_collections.ConfigDict()
-    config.optim.name = "adamw"
-    config.optim.learning_rate = 2e-5
-    config.optim.warmup_steps = 0  # replaced by warmup_proportion * total steps
-    config.optim.warmup_proportion = 0.1
-    config.optim.weight_decay = 0.01
-    config.optim.b1 = 0.9
-    config.optim.b2 = 0.999
-    config.optim.eps = 1e-6
-    config.optim.grad_clip_norm = 1.0
-    config.optim.grad_accum_steps = 1
+    # Warmup: 10% of the steps (replaces warmup_steps), then linear decay.
+    config.optim = config_defaults.optimizer(learning_rate=2e-5, warmup_proportion=0.1)
 
-    config.mesh = ml_collections.ConfigDict()
-    config.mesh.data = -1
-    config.mesh.fsdp = 1
-    config.mesh.tensor = 1
+    config.mesh = config_defaults.mesh()
     return config

@@ -16,6 +16,8 @@ gpt2-medium` (355M) works the same way (lower the learning rate to 3e-4).
 
 import ml_collections
 
+from bertjax import config_defaults
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """Returns the GPT-2 small pretraining config."""
@@ -61,19 +63,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.checkpoint_every = 2000
     config.keep_checkpoints = 3
 
-    config.optim = ml_collections.ConfigDict()
-    config.optim.name = "adamw"
-    config.optim.learning_rate = 6e-4
-    config.optim.warmup_steps = 2000
-    config.optim.weight_decay = 0.1
-    config.optim.b1 = 0.9
-    config.optim.b2 = 0.95
-    config.optim.eps = 1e-8
-    config.optim.grad_clip_norm = 1.0
-    config.optim.grad_accum_steps = 1
+    config.optim = config_defaults.optimizer(
+        learning_rate=6e-4, warmup_steps=2000, weight_decay=0.1, b2=0.95, eps=1e-8
+    )
 
-    config.mesh = ml_collections.ConfigDict()
-    config.mesh.data = -1
-    config.mesh.fsdp = 1
-    config.mesh.tensor = 1
+    config.mesh = config_defaults.mesh()
     return config

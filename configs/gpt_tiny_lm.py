@@ -11,6 +11,8 @@ e.g. `--config.total_steps=100`.
 
 import ml_collections
 
+from bertjax import config_defaults
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """Returns the tiny causal-LM config (GPT-2 architecture, L2/H128, seq 128)."""
@@ -56,20 +58,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.checkpoint_every = 150
     config.keep_checkpoints = 2
 
-    config.optim = ml_collections.ConfigDict()
-    config.optim.name = "adamw"
-    config.optim.learning_rate = 3e-3
-    config.optim.warmup_steps = 50
-    config.optim.weight_decay = 0.1
-    config.optim.b1 = 0.9
-    config.optim.b2 = 0.95
-    config.optim.eps = 1e-8
-    config.optim.grad_clip_norm = 1.0
-    config.optim.grad_accum_steps = 1
+    config.optim = config_defaults.optimizer(
+        learning_rate=3e-3, warmup_steps=50, weight_decay=0.1, b2=0.95, eps=1e-8
+    )
 
     # Mesh: sizes of the (data, fsdp, tensor) axes; -1 fills what is left.
-    config.mesh = ml_collections.ConfigDict()
-    config.mesh.data = -1
-    config.mesh.fsdp = 1
-    config.mesh.tensor = 1
+    config.mesh = config_defaults.mesh()
     return config

@@ -173,8 +173,12 @@ def read_scores(workdir: pathlib.Path, score: str = "final") -> dict[str, float]
         raise ValueError(f"{path} has no eval records")
     if score == "final":
         return evals[-1]
-    task = json.loads((workdir / glue_task.RUN_FILE).read_text())["task"]
-    key = glue_task.best_metric_key(glue.get_task(task))
+    run_file = workdir / "run.json"  # bertjax.inference.manifest; older runs: glue_run.json
+    if run_file.exists():
+        key = json.loads(run_file.read_text())["best_metric"]
+    else:
+        task = json.loads((workdir / "glue_run.json").read_text())["task"]
+        key = glue_task.best_metric_key(glue.get_task(task))
     return max(evals, key=lambda e: e[key])
 
 

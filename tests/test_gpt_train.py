@@ -63,8 +63,12 @@ def test_perplexity_falls(tiny_run):
 
 def test_run_directory_feeds_generation(tiny_run):
     workdir, _ = tiny_run
-    saved = json.loads((workdir / "model_config.json").read_text())
-    assert saved["model_type"] == "gpt2" and saved["vocab_size"] == VOCAB
+    run = json.loads((workdir / "run.json").read_text())
+    assert run["task"] == "causal_lm" and run["tokenizer"] == {
+        "type": "byte_bpe",
+        "directory": "tokenizer",
+    }
+    assert run["model"]["model_type"] == "gpt2" and run["model"]["vocab_size"] == VOCAB
     model, params, tokenizer = load_model(str(workdir))
     prompt = [tokenizer.eot_id, *tokenizer.encode("The import statement").tolist()]
     out = generate(model, params, [prompt], 12, temperature=0.0, eos_id=tokenizer.eot_id)[0]

@@ -18,10 +18,20 @@ import dataclasses
 import logging
 import math
 import os
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+
+# The featuriser is shared with the other fine-tuning readers and inference; re-exported here.
+from bertjax.data.batching import TrainIterator, eval_batches  # noqa: F401
+from bertjax.data.features import (  # noqa: F401
+    MODEL_KEYS,
+    SpecialIds,
+    encode_texts,
+    featurize,
+    truncate_pair_lengths,
+)
+from bertjax.data.records import Example
 
 # ---------------------------------------------------------------------------------------------
 # Task registry
@@ -247,14 +257,9 @@ def get_task(name: str) -> GlueTask:
     return TASKS[key]
 
 
-@dataclasses.dataclass(frozen=True)
-class GlueExample:
-    """One row: texts, label (class index, float score, or None when unlabelled), its index."""
-
-    index: int
-    text_a: str
-    text_b: str | None
-    label: int | float | None
+# One row (texts, label as class index / float / None, index): the record every fine-tuning
+# reader produces, so GLUE and the user's own files share the featuriser and batching.
+GlueExample = Example
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,9 +289,12 @@ def _split_path(task: GlueTask, data_dir: str, split: str) -> str:
 
 
 def _read_lines(path: str) -> list[str]:
-    """The file's lines, split on "\\n" only (a stray "\\r" inside a sentence stays text)."""
+    """The file's lines, split on "\\n" only (a stray "\\r" inside a sentence stays text),
+    without a leading UTF-8 byte-order mark."""
     with open(path, "rb") as f:
         data = f.read()
+    # GLUE's own MRPC files start with a UTF-8 byte-order mark; it is not part of the header.
+    data = data.removeprefix(b"\xef\xbb\xbf")
     raw = data.split(b"\n")
     if raw and raw[-1] == b"":
         raw.pop()  # the final newline ends the last row; CoLA's dev.tsv has none
@@ -485,184 +493,3 @@ def load_split(
     if data_dir:
         return load_tsv(task, data_dir, split, bad_rows=bad_rows)
     return load_tfds(task, split, data_dir=tfds_data_dir)
-
-
-# ---------------------------------------------------------------------------------------------
-# Featurisation
-# ---------------------------------------------------------------------------------------------
-
-
-def truncate_pair_lengths(len_a: int, len_b: int, budget: int) -> tuple[int, int]:
-    """Lengths after longest-first truncation to `len_a + len_b <= budget`.
-
-    google-research/bert's `_truncate_seq_pair` pops one token at a time from the end of the
-    longer sequence (the second one on a tie); this is its closed form.
-    """
-    if len_a + len_b <= budget:
-        return len_a, len_b
-    if len_a <= len_b and 2 * len_a <= budget:
-        return len_a, budget - len_a
-    if len_b < len_a and 2 * len_b <= budget:
-        return budget - len_b, len_b
-    return (budget + 1) // 2, budget // 2  # both cut; ties pop from b, so a keeps the odd one
-
-
-@dataclasses.dataclass(frozen=True)
-class SpecialIds:
-    """Ids of BERT's special tokens in the vocabulary."""
-
-    cls: int
-    sep: int
-    pad: int = 0
-
-
-def featurize(
-    examples: Sequence[GlueExample],
-    encode: Callable[[list[str]], list[list[int]]],
-    special: SpecialIds,
-    max_seq_length: int,
-    regression: bool,
-) -> dict[str, np.ndarray]:
-    """Turns examples into fixed-length model inputs.
-
-    `[CLS] a [SEP]` or `[CLS] a [SEP] b [SEP]`, longest-first truncation, right padding with
-    [PAD]. `encode` maps texts to WordPiece ids *without* special tokens.
-
-    Returns numpy arrays: input_ids / token_type_ids / attention_mask [N, max_seq_length] int32,
-    labels [N] (float32 for regression, int32 otherwise; 0 where unlabelled), has_label [N] bool,
-    index [N] int64.
-    """
-    is_pair = any(e.text_b is not None for e in examples)
-    min_length = 3 if is_pair else 2
-    if max_seq_length < min_length + 1:
-        raise ValueError(f"max_seq_length={max_seq_length} is too short for GLUE inputs")
-    ids_a = encode([e.text_a for e in examples])
-    ids_b = encode([e.text_b or "" for e in examples]) if is_pair else None
-    n = len(examples)
-    input_ids = np.full((n, max_seq_length), special.pad, dtype=np.int32)
-    token_type_ids = np.zeros((n, max_seq_length), dtype=np.int32)
-    attention_mask = np.zeros((n, max_seq_length), dtype=np.int32)
-    for i in range(n):
-        a = ids_a[i]
-        if ids_b is None:
-            a = a[: max_seq_length - 2]
-            row = [special.cls, *a, special.sep]
-            segment_a = len(row)
-        else:
-            b = ids_b[i]
-            la, lb = truncate_pair_lengths(len(a), len(b), max_seq_length - 3)
-            row = [special.cls, *a[:la], special.sep, *b[:lb], special.sep]
-            segment_a = la + 2
-        input_ids[i, : len(row)] = row
-        token_type_ids[i, segment_a : len(row)] = 1
-        attention_mask[i, : len(row)] = 1
-    has_label = np.array([e.label is not None for e in examples], dtype=bool)
-    label_dtype = np.float32 if regression else np.int32
-    labels = np.array([0 if e.label is None else e.label for e in examples], dtype=label_dtype)
-    return {
-        "input_ids": input_ids,
-        "token_type_ids": token_type_ids,
-        "attention_mask": attention_mask,
-        "labels": labels,
-        "has_label": has_label,
-        "index": np.array([e.index for e in examples], dtype=np.int64),
-    }
-
-
-# ---------------------------------------------------------------------------------------------
-# Batching: every example once per epoch, the last batch of an epoch padded with weight-0 rows
-# ---------------------------------------------------------------------------------------------
-
-MODEL_KEYS = ("input_ids", "token_type_ids", "attention_mask")
-
-
-def _host_rows(
-    features: dict[str, np.ndarray],
-    rows: np.ndarray,
-    global_batch_size: int,
-    process_index: int,
-    process_count: int,
-) -> dict[str, np.ndarray]:
-    """This host's slice of one global batch made of `rows` (-1 = padding, weight 0)."""
-    local = global_batch_size // process_count
-    padded = np.full(global_batch_size, -1, dtype=np.int64)
-    padded[: len(rows)] = rows
-    mine = padded[process_index * local : (process_index + 1) * local]
-    real = mine >= 0
-    take = np.where(real, mine, 0)
-    batch = {key: features[key][take] for key in (*MODEL_KEYS, "labels")}
-    for key in (*MODEL_KEYS, "labels"):
-        batch[key][~real] = 0
-    batch["weights"] = real.astype(np.float32)
-    return batch
-
-
-class TrainIterator:
-    """Endless training batches for one host: a fresh shuffle every epoch, nothing dropped.
-
-    Epoch `e` visits every example once in the order `permutation(seed, e)`; its last batch is
-    topped up with padding rows of weight 0 (so steps_per_epoch = ceil(N / batch), as
-    `transformers`' Trainer). The position (epoch, batch) is the whole state, so a resumed run
-    continues with exactly the batches an uninterrupted one would have seen.
-    """
-
-    def __init__(
-        self,
-        features: dict[str, np.ndarray],
-        global_batch_size: int,
-        seed: int,
-        process_index: int = 0,
-        process_count: int = 1,
-    ):
-        if global_batch_size % process_count:
-            raise ValueError(
-                f"batch size {global_batch_size} is not divisible by {process_count} processes"
-            )
-        self._features = features
-        self._num = len(features["labels"])
-        self._batch = global_batch_size
-        self._seed = seed
-        self._process = (process_index, process_count)
-        self.steps_per_epoch = math.ceil(self._num / global_batch_size)
-        self._epoch, self._step = 0, 0
-        self._order = self._permutation(0)
-
-    def _permutation(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self._seed, epoch]).permutation(self._num)
-
-    def __iter__(self) -> TrainIterator:
-        return self
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        rows = self._order[self._step * self._batch : (self._step + 1) * self._batch]
-        batch = _host_rows(self._features, rows, self._batch, *self._process)
-        self._step += 1
-        if self._step == self.steps_per_epoch:
-            self._epoch, self._step = self._epoch + 1, 0
-            self._order = self._permutation(self._epoch)
-        return batch
-
-    def get_state(self) -> dict[str, Any]:
-        return {"epoch": self._epoch, "step": self._step, "num_examples": self._num}
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        if state.get("num_examples", self._num) != self._num:
-            raise ValueError(
-                f"checkpointed GLUE iterator saw {state['num_examples']} training examples, "
-                f"the data now has {self._num}: the training set changed since the checkpoint"
-            )
-        self._epoch, self._step = int(state["epoch"]), int(state["step"])
-        self._order = self._permutation(self._epoch)
-
-
-def eval_batches(
-    features: dict[str, np.ndarray],
-    global_batch_size: int,
-    process_index: int = 0,
-    process_count: int = 1,
-):
-    """This host's eval batches in file order; the last one padded with weight-0 rows."""
-    num = len(features["labels"])
-    for start in range(0, num, global_batch_size):
-        rows = np.arange(start, min(start + global_batch_size, num))
-        yield _host_rows(features, rows, global_batch_size, process_index, process_count)

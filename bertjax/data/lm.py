@@ -41,6 +41,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from bertjax.data import batching
 from bertjax.data.bpe import ByteBPETokenizer
 from bertjax.data.cleaning import CleaningStats, clean_documents, document_hash
 from bertjax.data.sources import TEXT_FORMATS, UNICODE_ERRORS, read_text_files, tfds_documents
@@ -245,6 +246,8 @@ def make_batch(
 class PackedLMIterator:
     """Endless per-host batches of packed rows; `get_state()` / `set_state()` for checkpoints.
 
+    The row order is `bertjax.data.batching.EpochOrder`'s (the fine-tuning tasks' too), without
+    padding: a last incomplete batch waits for the next epoch's shuffle.
     shard_index / shard_count: this host's slice of every global batch (global_batch_size rows,
     local_batch_size = global_batch_size / shard_count of them here).
     """
@@ -274,35 +277,26 @@ class PackedLMIterator:
         self.eot_id = eot_id
         self.document_masking = document_masking
         self.rows = num_rows(stream, seq_len)
-        self.steps_per_epoch = self.rows // global_batch_size
+        self._order = batching.EpochOrder(
+            self.rows, global_batch_size, seed, shard_index, shard_count, pad_last=False
+        )
+        self.steps_per_epoch = self._order.steps_per_epoch
         if self.steps_per_epoch == 0:
             raise ValueError(
                 f"the training corpus has {len(stream)} tokens = {self.rows} rows of "
                 f"data.max_seq_length={seq_len}; one batch needs {global_batch_size} rows. "
                 "Lower batch_size or data.max_seq_length, or add data."
             )
-        self._epoch, self._step = 0, 0
-        self._perm_epoch, self._perm = -1, np.empty(0, np.int64)
-
-    def _permutation(self, epoch: int) -> np.ndarray:
-        if epoch != self._perm_epoch:
-            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.rows)
-            self._perm_epoch = epoch
-        return self._perm
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
-        start = self._step * self.global_batch_size + self.shard_index * self.local_batch_size
-        rows = self._permutation(self._epoch)[start : start + self.local_batch_size]
-        self._step += 1
-        if self._step == self.steps_per_epoch:
-            self._epoch, self._step = self._epoch + 1, 0
+        rows = self._order.next_rows()  # never padding: pad_last=False
         return make_batch(self.stream, rows, self.seq_len, self.eot_id, self.document_masking)
 
     def get_state(self) -> dict[str, Any]:
-        return {"epoch": self._epoch, "step": self._step}
+        return self._order.get_state()
 
     def set_state(self, state: dict[str, Any]) -> None:
         missing = {"epoch", "step"} - set(state)
@@ -314,7 +308,7 @@ class PackedLMIterator:
                 f"LM iterator state {state} does not fit this data ({self.steps_per_epoch} "
                 "steps per epoch): was the checkpoint made with another corpus or batch size?"
             )
-        self._epoch, self._step = epoch, step
+        self._order.set_state(epoch, step)
 
 
 def eval_batches(
@@ -342,16 +336,13 @@ def eval_batches(
             f"the eval documents hold {len(stream)} tokens, less than one row of "
             f"data.max_seq_length={seq_len}; raise data.eval_fraction"
         )
-    local = global_batch_size // shard_count
-    count = -(-rows // global_batch_size)
-    if max_batches > 0:
-        count = max_batches if exact_batches else min(count, max_batches)
     out = []
-    for b in range(count):
-        idx = b * global_batch_size + shard_index * local + np.arange(local)
-        weights = (idx < rows).astype(np.float32)
-        batch = make_batch(stream, np.where(idx < rows, idx, 0), seq_len, eot_id, document_masking)
-        batch["weights"] = weights
+    for idx in batching.eval_rows(
+        rows, global_batch_size, shard_index, shard_count,
+        max_batches=max_batches, exact_batches=exact_batches,
+    ):  # fmt: skip
+        batch = make_batch(stream, np.maximum(idx, 0), seq_len, eot_id, document_masking)
+        batch["weights"] = (idx >= 0).astype(np.float32)
         out.append(batch)
     return out
 

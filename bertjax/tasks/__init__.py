@@ -16,6 +16,7 @@ __all__ = ["HostInfo", "Task", "TaskData", "get", "names", "register"]
 _MODULES: dict[str, str] = {
     "bert_pretrain": "bertjax.tasks.bert_pretrain",
     "glue": "bertjax.tasks.glue",
+    "classify": "bertjax.tasks.classify",
     "causal_lm": "bertjax.tasks.causal_lm",
 }
 _REGISTRY: dict[str, Task] = {}

@@ -109,7 +109,10 @@ class TaskData:
       padding, e.g. with a zero weight, so that `eval_summary` can drop it).
     vocab_size: size of the tokenizer's vocabulary (None when the task has none).
     steps_per_epoch: optimizer steps per pass over the training set, for epoch-based recipes.
-    extras: anything else the task's own functions want (tokenizer, label names, ...).
+    extras: anything else the task's own functions want; ``extras["tokenizer"]`` is the run's
+      tokenizer, which the loop saves with the run (`bertjax.inference.manifest.write_run`).
+    manifest: the task's own fields of ``WORKDIR/run.json`` (problem_type, label_names, data,
+      best_metric); the loop adds task, model, tokenizer, max_seq_length and init_from.
     """
 
     train: TrainIterator
@@ -117,6 +120,7 @@ class TaskData:
     vocab_size: int | None = None
     steps_per_epoch: int | None = None
     extras: dict[str, Any] = dataclasses.field(default_factory=dict)
+    manifest: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 Config = ml_collections.ConfigDict

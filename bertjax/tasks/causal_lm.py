@@ -8,9 +8,6 @@ whole held-out set, its perplexity exp(loss), and next-token accuracy.
 
 from __future__ import annotations
 
-import json
-import pathlib
-
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -21,8 +18,6 @@ from bertjax import models
 from bertjax.models import gpt
 from bertjax.tasks.base import HostInfo, Task, TaskData
 from bertjax.tasks.bert_pretrain import model_config
-
-MODEL_CONFIG_FILE = "model_config.json"  # in the workdir, written by process 0
 
 
 def build_data(config: ml_collections.ConfigDict, host: HostInfo) -> TaskData:
@@ -46,8 +41,6 @@ def build_data(config: ml_collections.ConfigDict, host: HostInfo) -> TaskData:
         extras={
             "tokenizer": data.tokenizer,
             "cleaning": data.stats.as_dict(),
-            "workdir": host.workdir,
-            "process_index": host.process_index,
         },
     )
 
@@ -66,11 +59,6 @@ def build_model(config: ml_collections.ConfigDict, data: TaskData | None):
             f"config.data.max_seq_length={seq} exceeds config.model.max_position_embeddings="
             f"{cfg.max_position_embeddings}"
         )
-    if data is not None and data.extras.get("process_index") == 0:
-        # With WORKDIR/tokenizer/, what `bertjax.generate_cli` needs to load the run's model.
-        workdir = pathlib.Path(data.extras["workdir"])
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / MODEL_CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     return cfg, models.build(cfg)
 
 

@@ -1,0 +1,38 @@
+"""Every config file loads, validates and builds its optimizer and mesh blocks with
+`bertjax.config_defaults` (the blocks configs used to repeat)."""
+
+import pathlib
+
+import pytest
+
+from bertjax import config_defaults, config_lib
+
+CONFIGS = sorted((pathlib.Path(__file__).resolve().parents[1] / "configs").glob("*.py"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_config_loads_validates_and_uses_the_shared_blocks(path):
+    spec = f"{path}:sst2" if path.name == "glue.py" else str(path)
+    config = config_lib.load(spec)
+    config_lib.validate(config)
+    assert "config_defaults.optimizer(" in path.read_text()
+    proportion = config.optim.get("warmup_proportion")
+    expected = config_defaults.optimizer(
+        learning_rate=config.optim.learning_rate, warmup_proportion=proportion
+    )
+    assert list(config.optim.keys()) == list(expected.keys())  # same keys, same order
+    assert config.mesh.to_dict() == config_defaults.mesh().to_dict()
+
+
+def test_builders_give_fresh_blocks_with_overrides():
+    a, b = (
+        config_defaults.optimizer(learning_rate=1e-3),
+        config_defaults.optimizer(learning_rate=1e-3),
+    )
+    a.eps = 1.0
+    assert b.eps == 1e-6 and "warmup_proportion" not in b
+    lamb = config_defaults.optimizer(
+        name="lamb", learning_rate=1e-3, warmup_proportion=0.2, b2=0.95
+    )
+    assert (lamb.name, lamb.warmup_proportion, lamb.b2) == ("lamb", 0.2, 0.95)
+    assert config_defaults.mesh(fsdp=4).to_dict() == {"data": -1, "fsdp": 4, "tensor": 1}

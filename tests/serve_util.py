@@ -75,7 +75,7 @@ def running_server(app, *, ready_timeout: float = 120.0):
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     config = uvicorn.Config(
-        app, log_level="warning", timeout_graceful_shutdown=10, limit_concurrency=None
+        app, log_level="warning", timeout_graceful_shutdown=10, timeout_keep_alive=75
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

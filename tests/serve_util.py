@@ -21,8 +21,8 @@ WORDS = (
     "the a movie film is was good bad great terrible not very fun boring plot actor "
     "acting story it this that and but of to in with funny sad long short best worst"
 ).split()
-VOCAB = [*SPECIAL_TOKENS, *WORDS, *"abcdefghijklmnopqrstuvwxyz.,!?'", *(f"##{c}" for c in
-         "abcdefghijklmnopqrstuvwxyz")]  # fmt: skip
+_PIECES = [c for c in "abcdefghijklmnopqrstuvwxyz.,!?'" if c not in WORDS]
+VOCAB = [*SPECIAL_TOKENS, *WORDS, *_PIECES, *(f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz")]
 
 
 def tiny_tokenizer() -> WordPieceTokenizer:

@@ -41,7 +41,7 @@ def run_dir(tmp_path_factory):
             "init_from": "",
         },
     )
-    best = checkpointing.BestCheckpoint(workdir, "eval/accuracy", "max")
+    best = checkpointing.BestCheckpointer(workdir, "eval/accuracy", "max")
     best.maybe_save(1, params, {"eval/accuracy": 1.0})
     best.close()
     return workdir
@@ -142,3 +142,12 @@ def test_bad_workdir_is_a_clear_error(tmp_path):
     )
     assert proc.returncode != 0
     assert str(tmp_path) in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_package_does_not_import_ray():
+    code = (
+        "import sys, bertjax.serve.app, bertjax.serve.__main__, bertjax.serve.loading; "
+        "assert 'ray' not in sys.modules, 'bertjax.serve imported ray'"
+    )
+    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120, cwd=REPO)

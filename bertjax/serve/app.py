@@ -169,8 +169,17 @@ def _timing_headers(row_results: Sequence[RowResult]) -> dict[str, str]:
     return {"x-queue-time": f"{queue_s * 1e3:.3f}", "x-inference-time": f"{inference_s * 1e3:.3f}"}
 
 
-def create_app(backend: EncoderBackend, settings: ServerSettings | None = None) -> FastAPI:
-    """The app serving `backend`; it compiles and warms up in the background once started."""
+def create_app(
+    backend: EncoderBackend,
+    settings: ServerSettings | None = None,
+    *,
+    ready_before_serving: bool = False,
+) -> LimitedApp:
+    """The app serving `backend`; it compiles and warms up in the background once started.
+
+    ready_before_serving: finish compiling and warming up inside the ASGI lifespan start-up
+    instead (for hosts such as Ray Serve that route traffic to a replica once it has started).
+    """
     settings = settings or ServerSettings()
     state = ServerState(backend, settings)
 
@@ -178,6 +187,10 @@ def create_app(backend: EncoderBackend, settings: ServerSettings | None = None) 
     async def lifespan(app: FastAPI):
         state.batcher.start()
         warm_up = asyncio.create_task(state.warm_up())
+        if ready_before_serving:
+            await warm_up
+            if state.failure is not None:
+                raise RuntimeError(f"bertjax.serve start-up failed: {state.failure}")
         try:
             yield
         finally:

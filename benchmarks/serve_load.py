@@ -31,6 +31,7 @@ import os
 import pathlib
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -369,6 +370,8 @@ def main() -> None:
     p.add_argument("--cache_dir", default=os.path.join(tempfile.gettempdir(), "bertjax_jax_cache"))
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
+    # SIGTERM runs the finally blocks too, so that the servers started here are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     texts = read_sentences(args.sentences)
     np.random.default_rng(args.seed).shuffle(texts)

@@ -11,6 +11,7 @@ import httpx
 import jax
 import numpy as np
 import uvicorn
+from flax.core import meta
 
 from bertjax import models
 from bertjax.data.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer
@@ -43,7 +44,8 @@ def tiny_classifier(num_labels: int = 3, max_positions: int = 64, seed: int = 0)
     )
     module = models.build(cfg)
     params = jax.jit(module.init)(jax.random.key(seed), models.example_batch(cfg))["params"]
-    return cfg, module, jax.device_get(params)
+    # Plain arrays, as a checkpoint holds them (init boxes them with their logical axes).
+    return cfg, module, jax.device_get(meta.unbox(params))
 
 
 def tiny_backend(num_labels: int = 3, max_seq_length: int = 64, **kw) -> EncoderBackend:

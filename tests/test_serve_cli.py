@@ -79,7 +79,7 @@ def test_health_backpressure_and_sigterm(run_dir, tmp_path):
         cache_dir,
         "--max_batch_size=4",
         "--max_batch_tokens=64",
-        "--max_wait_ms=800",  # a lone request waits for company: requests stay in flight
+        "--max_wait_ms=1500",  # a lone request waits for company: requests stay in flight
         "--max_concurrent_requests=2",
         "--max_client_batch_size=4",
     )
@@ -116,7 +116,10 @@ def test_health_backpressure_and_sigterm(run_dir, tmp_path):
             pending = pool.submit(
                 httpx.post, f"{url}/v1/predict", json={"inputs": "bad plot"}, timeout=30
             )
-            time.sleep(0.3)
+            deadline = time.monotonic() + 30
+            while "bertjax_requests_in_flight 1.0" not in httpx.get(f"{url}/metrics").text:
+                assert time.monotonic() < deadline, "the request never reached the server"
+                time.sleep(0.01)
             proc.send_signal(signal.SIGTERM)
             response = pending.result()
         assert response.status_code == 200 and response.json()[0]["label"] in {

@@ -126,9 +126,10 @@ def test_health_backpressure_and_sigterm(run_dir, tmp_path):
             "negative",
             "positive",
         }
-        assert proc.wait(timeout=60) == 0
+        # uvicorn re-raises the signal once it has shut down, so the status says SIGTERM.
+        assert proc.wait(timeout=60) in (0, -signal.SIGTERM)
         err = proc.stderr.read()
-        assert "Traceback" not in err, err
+        assert "Traceback" not in err and "Finished server process" in err, err
     finally:
         _stop(proc)
 

@@ -116,6 +116,9 @@ class ServerState:
         try:
             shapes = self.grid.shapes()
             await asyncio.to_thread(self.backend.compile, shapes)
+            # Run every bucket once: an executable's first run pays one-off costs (on
+            # XLA:CPU several times a later run's) that must not land on a request.
+            await asyncio.to_thread(self.backend.warm_up, shapes)
             rows = await asyncio.to_thread(
                 self.backend.featurize, ["warm-up request"], None, truncate=True
             )
@@ -246,9 +249,12 @@ def create_app(
 
     async def _run(rows: list[Row], request: Request) -> list[RowResult]:
         try:
-            return await state.infer(rows, request)
+            outputs = await state.infer(rows, request)
         except ClientGone:
             raise ApiError(499, "client_closed", "the client closed the connection") from None
+        state.metrics.queue_time.observe(max(r.queue_s for r in outputs))
+        state.metrics.inference_time.observe(max(r.inference_s for r in outputs))
+        return outputs
 
     @app.post("/v1/predict")
     async def predict(body: PredictRequest, request: Request) -> JSONResponse:

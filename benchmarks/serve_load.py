@@ -296,7 +296,9 @@ def print_table(results: dict) -> None:
         statuses = collections.Counter()
         for r in rows:
             statuses.update({int(k): v for k, v in r["statuses"].items()})
-        batch = statistics.median(r["mean_batch"]) if "mean_batch" in rows[0] else None
+        batch = (
+            statistics.median(r["mean_batch"] for r in rows) if "mean_batch" in rows[0] else None
+        )
         batch_text = "" if batch is None else f"{batch:.2f}"
         print(
             f"| {name} | {load} | {med['req_s']:.1f} | {med['p50_ms']:.1f} | "

@@ -36,7 +36,16 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec
 
-from bertjax import checkpointing, config_lib, metrics, optim, profiling, sharding, tasks
+from bertjax import (
+    checkpointing,
+    config_lib,
+    metrics,
+    optim,
+    profiling,
+    sharding,
+    tasks,
+)
+from bertjax import workdir as workdir_lib
 
 
 class NonFiniteLossError(RuntimeError):
@@ -342,6 +351,24 @@ def run(
     """
     config_lib.validate(config)
     workdir = pathlib.Path(workdir)
+    if dry_run:
+        return _run(config, workdir, dry_run=True, devices=devices)
+    # Before any data is read or anything compiled: the directory is writable and ours alone.
+    lock = workdir_lib.acquire(workdir, lock=jax.process_index() == 0)
+    try:
+        return _run(config, workdir, dry_run=False, devices=devices)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(
+    config: ml_collections.ConfigDict,
+    workdir: pathlib.Path,
+    *,
+    dry_run: bool,
+    devices: Sequence[jax.Device] | None,
+) -> RunResult:
     # ------------------------------------------------------------------------------ setup
     task = tasks.get(config.task)
     mesh = sharding.make_mesh(config.mesh, devices)
@@ -381,7 +408,10 @@ def run(
     ckpt = checkpointing.Checkpointer(workdir, keep=int(config.keep_checkpoints))
     start = ckpt.latest_step()
     if start is not None and start >= schedule.total_steps:
-        logging.info("%s holds step %d of %d: nothing to do", workdir, start, schedule.total_steps)
+        metrics.log_console(
+            f"{workdir} already holds step {start} of total_steps={schedule.total_steps}: "
+            "nothing to train (raise config.total_steps to continue, or use another --workdir)"
+        )
         ckpt.close()
         return RunResult(step=start, state=None, records=[])
     compiled_step = trainer.step
@@ -389,7 +419,9 @@ def run(
     best_metric = task.best_metric(config) if task.best_metric else None
     best = checkpointing.BestCheckpointer(workdir, *best_metric) if best_metric else None
     writer = metrics.MetricWriter(workdir)
-    if start is None:
+    # The newest checkpoint that restores; damaged ones are moved aside (see checkpointing).
+    restored = ckpt.restore_latest(trainer.abstract_state) if start is not None else None
+    if restored is None:
         start = 0
         state = trainer.init_state(jax.random.PRNGKey(int(config.seed)))
         if task.init_params is not None:
@@ -397,7 +429,7 @@ def run(
                 task.init_params(config, model_cfg, state["params"])
             )
     else:
-        state, data_state = ckpt.restore(start, trainer.abstract_state)
+        start, state, data_state = restored
         data.train.set_state(data_state)
         logging.info("resumed from %s/%d", ckpt.directory, start)
     writer.truncate_after(start)

@@ -69,20 +69,36 @@ class RunResult:
     dry_run: dict[str, Any] | None = None
 
 
-def resolve_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int | None) -> Schedule:
+def resolve_schedule(
+    config: ml_collections.ConfigDict, steps_per_epoch: int | None, *, dry_run: bool = False
+) -> Schedule:
     """Step counts from the config: fixed steps, or epochs when `num_train_epochs` > 0.
 
-    ``config.eval_every``: > 0 evaluates every so many steps and at the end, 0 only at the end
-    (at the end of every epoch with `num_train_epochs`), -1 never.
+    With both, a positive `total_steps` bounds the epochs (``--config.total_steps=100`` on an
+    epoch-based config trains 100 steps, as the user meant). ``config.eval_every``: > 0
+    evaluates every so many steps and at the end, 0 only at the end (at the end of every epoch
+    with `num_train_epochs`), -1 never. `dry_run`: no data, so an epoch count without
+    `total_steps` compiles with a placeholder length (the step's program does not depend on it).
     """
     epochs = float(config.get("num_train_epochs", 0) or 0)
     total, warmup, eval_every = config.total_steps, config.optim.warmup_steps, config.eval_every
-    if epochs > 0:
+    if epochs > 0 and dry_run and not steps_per_epoch:
+        total = total if total > 0 else 1
+    elif epochs > 0:
         if not steps_per_epoch:
             raise ValueError(
                 f"config.num_train_epochs={epochs} needs the task's data to give steps_per_epoch"
             )
-        total = max(1, math.ceil(epochs * steps_per_epoch))
+        by_epochs = max(1, math.ceil(epochs * steps_per_epoch))
+        if 0 < total < by_epochs:
+            logging.warning(
+                "config.total_steps=%d bounds the run (num_train_epochs=%s would be %d steps)",
+                total,
+                epochs,
+                by_epochs,
+            )
+        else:
+            total = by_epochs
         if eval_every == 0:
             eval_every = steps_per_epoch
     if config.optim.get("warmup_proportion", 0):
@@ -141,8 +157,9 @@ def _check_finite(step: int, values: dict[str, float], ckpt: checkpointing.Check
     raise NonFiniteLossError(
         f"non-finite value at step {step}: {bad}. Stopped without saving; the last good "
         f"checkpoint is step {ckpt.latest_step()} in {ckpt.directory}. Try a lower "
-        "config.optim.learning_rate, gradient clipping (config.optim.grad_clip_norm) or "
-        "float32 compute (config.model.dtype)."
+        "config.optim.learning_rate, gradient clipping (config.optim.grad_clip_norm), "
+        "float32 compute (config.model.dtype), or config.skip_nonfinite_steps=N to skip up "
+        "to N such steps."
     )
 
 
@@ -228,15 +245,22 @@ def build_trainer(
         dummy = {k: jnp.zeros(s.shape, s.dtype) for k, s in spec.items()}
         return model.init({"params": rng, "dropout": rng}, dummy, train=False)["params"]
 
+    # config.skip_nonfinite_steps = N > 0: up to N steps with a non-finite loss or gradient
+    # leave params and optimizer state as they were (counted in state["nonfinite_skipped"]).
+    skip_budget = int(config.get("skip_nonfinite_steps", 0) or 0)
+
     def init_state(rng: jax.Array) -> dict[str, Any]:
         params_rng, step_rng = jax.random.split(rng)
         params = nn.meta.unbox(init_params(params_rng))
-        return {
+        state = {
             "step": jnp.zeros((), jnp.int32),
             "params": params,
             "opt_state": tx.init(params),
             "rng": step_rng,
         }
+        if skip_budget:
+            state["nonfinite_skipped"] = jnp.zeros((), jnp.int32)
+        return state
 
     rng = jax.random.PRNGKey(0)  # shapes only
     with jax.set_mesh(None), nn.logical_axis_rules(rules):  # see Trainer.init_state
@@ -257,6 +281,8 @@ def build_trainer(
         ),
         "rng": replicated,
     }
+    if skip_budget:
+        state_shardings["nonfinite_skipped"] = replicated
     sharding.check_divisible(abstract_state["params"], param_shardings)
     abstract_state = jax.tree.map(
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
@@ -298,14 +324,26 @@ def build_trainer(
             step_metrics = jax.tree.map(lambda m: m / accum, step_metrics)
         updates, opt_state = tx.update(grads, state["opt_state"], params)
         params = optax.apply_updates(params, updates)
+        grad_norm = optax.tree.norm(grads)
+        new_state = {**state, "step": state["step"] + 1, "params": params}
+        new_state["opt_state"] = opt_state
+        if skip_budget:
+            finite = jnp.isfinite(grad_norm)
+            if "loss" in step_metrics:
+                finite &= jnp.isfinite(step_metrics["loss"])
+            skip = ~finite & (state["nonfinite_skipped"] < skip_budget)
+            for key in ("params", "opt_state"):  # the update is dropped, the step consumed
+                new_state[key] = jax.tree.map(
+                    lambda old, new: jnp.where(skip, old, new), state[key], new_state[key]
+                )
+            new_state["nonfinite_skipped"] = state["nonfinite_skipped"] + skip.astype(jnp.int32)
+            step_metrics = {**step_metrics, "skipped_nonfinite": skip.astype(jnp.float32)}
         step_metrics = {
             **step_metrics,
             "learning_rate": learning_rate(state["step"]),
-            "grad_norm": optax.tree.norm(grads),
-            "param_norm": optax.tree.norm(params),
+            "grad_norm": grad_norm,
+            "param_norm": optax.tree.norm(new_state["params"]),
         }
-        new_state = {**state, "step": state["step"] + 1, "params": params}
-        new_state["opt_state"] = opt_state
         return new_state, step_metrics
 
     batch_sharding = sharding.batch_sharding(mesh)
@@ -395,7 +433,7 @@ def _run(
         )
         data = task.build_data(config, host)
     model_cfg, model = task.build_model(config, data)
-    schedule = resolve_schedule(config, data.steps_per_epoch if data else None)
+    schedule = resolve_schedule(config, data.steps_per_epoch if data else None, dry_run=dry_run)
     # ------------------------------------------------------------------ state and steps
     trainer = build_trainer(config, task, model_cfg, model, mesh, schedule)
     logging.info("model %s: %s parameters", model_cfg.head, f"{trainer.num_params:,}")
@@ -457,6 +495,14 @@ def _run(
         nonlocal pending
         for s, values in pending:
             host_values = {k: float(v) for k, v in jax.device_get(values).items()}
+            if host_values.pop("skipped_nonfinite", 0.0):
+                skipped = int(jax.device_get(state["nonfinite_skipped"]))
+                metrics.log_console(
+                    f"step {s}: non-finite loss {host_values.get('loss')} / grad_norm "
+                    f"{host_values.get('grad_norm')}; update skipped (config.skip_nonfinite_steps"
+                    f": {skipped} of {config.skip_nonfinite_steps} used by step {step})"
+                )
+                continue
             _check_finite(s, host_values, ckpt)
             fetched.append(host_values)
         pending = []

@@ -69,6 +69,7 @@ def get_config(task: str = "mrpc") -> ml_collections.ConfigDict:
     config.eval_batches = 0  # unused: GLUE evaluates the whole dev set
     config.checkpoint_every = 1000
     config.keep_checkpoints = 1
+    config.skip_nonfinite_steps = 0  # > 0: skip up to so many NaN/Inf steps (no update)
 
     config.optim = ml_collections.ConfigDict()
     config.optim.name = "adamw"

@@ -60,6 +60,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.eval_batches = 20
     config.checkpoint_every = 2000
     config.keep_checkpoints = 3
+    config.skip_nonfinite_steps = 0  # > 0: skip up to so many NaN/Inf steps (no update)
 
     config.optim = ml_collections.ConfigDict()
     config.optim.name = "adamw"

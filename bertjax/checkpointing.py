@@ -316,6 +316,30 @@ def _agree_ok(ok: bool) -> bool:
     return bool(np.all(multihost_utils.process_allgather(np.array(ok, np.int32))))
 
 
+def peek_data_state(workdir: str | pathlib.Path) -> tuple[int, dict[str, Any]] | None:
+    """(step, this host's data state) of the newest committed checkpoint, read as plain JSON
+    without Orbax (cheap: the run checks its inputs against it before building its data).
+    None when there is none or it cannot be read (restoring will then say why)."""
+    root = _absolute(workdir) / "checkpoints"
+    if not root.is_dir():
+        return None
+    steps = [int(p.name) for p in root.iterdir() if _committed(p)]
+    if not steps:
+        return None
+    step = max(steps)
+    try:
+        return step, json.loads(_host_file(root / str(step) / "data").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _committed(step_dir: epath.Path) -> bool:
+    """A finished step directory (Orbax renames the temporary one when it commits)."""
+    return step_dir.name.isdigit() and any(
+        (step_dir / name).exists() for name in ("_CHECKPOINT_METADATA", "commit_success.txt")
+    )
+
+
 class BestCheckpointer:
     """Keeps the params of the best evaluation so far in WORKDIR/best (one checkpoint)."""
 

@@ -88,6 +88,7 @@ def main(argv: list[str]) -> None:
         train.checkpointing.NoGoodCheckpointError,
         train.checkpointing.CheckpointSaveError,
         train.workdir_lib.WorkdirError,
+        train.inputs.InputsChangedError,
     ) as e:
         logging.error("%s", e)
         sys.exit(f"error: {e}")

@@ -39,6 +39,7 @@ from jax.sharding import PartitionSpec
 from bertjax import (
     checkpointing,
     config_lib,
+    inputs,
     metrics,
     optim,
     profiling,
@@ -431,6 +432,13 @@ def _run(
             global_batch_size=batch_size,
             workdir=str(workdir),
         )
+        # Input files changed since the checkpoint to resume: named before the data pipeline
+        # reads them (it would fail on a stale vocabulary, or silently read other data).
+        input_fps = inputs.fingerprint(config)
+        newest = checkpointing.peek_data_state(workdir)
+        if newest is not None and inputs.STATE_KEY in newest[1]:
+            where = f"{workdir}/checkpoints/{newest[0]}"
+            inputs.check_unchanged(newest[1][inputs.STATE_KEY], input_fps, where)
         data = task.build_data(config, host)
     model_cfg, model = task.build_model(config, data)
     schedule = resolve_schedule(config, data.steps_per_epoch if data else None, dry_run=dry_run)
@@ -457,6 +465,9 @@ def _run(
     best_metric = task.best_metric(config) if task.best_metric else None
     best = checkpointing.BestCheckpointer(workdir, *best_metric) if best_metric else None
     writer = metrics.MetricWriter(workdir)
+    def position() -> dict[str, Any]:
+        return {**data.train.get_state(), inputs.STATE_KEY: input_fps}
+
     # The newest checkpoint that restores; damaged ones are moved aside (see checkpointing).
     restored = ckpt.restore_latest(trainer.abstract_state) if start is not None else None
     if restored is None:
@@ -468,6 +479,9 @@ def _run(
             )
     else:
         start, state, data_state = restored
+        saved_inputs = data_state.pop(inputs.STATE_KEY, None)
+        if saved_inputs is not None:  # checked above against the newest; an older one here
+            inputs.check_unchanged(saved_inputs, input_fps, f"{ckpt.directory}/{start}")
         data.train.set_state(data_state)
         logging.info("resumed from %s/%d", ckpt.directory, start)
     writer.truncate_after(start)
@@ -513,7 +527,7 @@ def _run(
                 if preemption.reached(step):
                     fetch_and_check()
                     if last_saved != step:
-                        ckpt.save(step, state, data.train.get_state())
+                        ckpt.save(step, state, position())
                     ckpt.wait()
                     logging.warning("preempted: saved step %d in %s", step, ckpt.directory)
                     break
@@ -568,7 +582,7 @@ def _run(
                     writer.write(step, record)
                     records.append({"step": step, **record})
                 if do_save:
-                    ckpt.save(step, state, data.train.get_state())
+                    ckpt.save(step, state, position())
                     last_saved = step
                 excluded += time.time() - paused
 

@@ -70,14 +70,7 @@ class HostStateHandler(ocp.CheckpointHandler):
         _host_file(directory).write_text(json.dumps(args.state, sort_keys=True))
 
     def restore(self, directory: epath.Path, args: HostStateRestore | None = None) -> dict:
-        path = _host_file(directory)
-        if not path.exists():
-            found = sorted(p.name for p in directory.iterdir())
-            raise ValueError(
-                f"{path} does not exist: this checkpoint was written by a different number of "
-                f"processes (found {found}); restart with the same number of processes"
-            )
-        return json.loads(path.read_text())
+        return read_host_state(directory)
 
     def metadata(self, directory: epath.Path) -> None:
         return None
@@ -87,6 +80,23 @@ class HostStateHandler(ocp.CheckpointHandler):
 
     def close(self) -> None:
         pass
+
+
+def read_host_state(directory: epath.Path) -> dict[str, Any]:
+    """This process's saved data state; from a checkpoint of another process count only when
+    every process saved the same state (a data order that does not depend on the hosts)."""
+    path = _host_file(directory)
+    if path.exists():
+        return json.loads(path.read_text())
+    files = sorted(directory.glob("process_*-of-*.json"))
+    states = [json.loads(p.read_text()) for p in files]
+    if states and all(s == states[0] for s in states):
+        return states[0]
+    raise ValueError(
+        f"{path} does not exist: this checkpoint was written by a different number of "
+        f"processes (found {[p.name for p in files]}) whose data positions differ (a per-host "
+        "data order); restart with the same number of processes"
+    )
 
 
 @ocp.args.register_with_handler(HostStateHandler, for_save=True)
@@ -328,7 +338,7 @@ def peek_data_state(workdir: str | pathlib.Path) -> tuple[int, dict[str, Any]] |
         return None
     step = max(steps)
     try:
-        return step, json.loads(_host_file(root / str(step) / "data").read_text())
+        return step, read_host_state(root / str(step) / "data")
     except (OSError, ValueError):
         return None
 

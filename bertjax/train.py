@@ -465,6 +465,7 @@ def _run(
     best_metric = task.best_metric(config) if task.best_metric else None
     best = checkpointing.BestCheckpointer(workdir, *best_metric) if best_metric else None
     writer = metrics.MetricWriter(workdir)
+
     def position() -> dict[str, Any]:
         return {**data.train.get_state(), inputs.STATE_KEY: input_fps}
 

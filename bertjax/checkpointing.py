@@ -11,21 +11,41 @@ Saves are asynchronous (the arrays are copied to host memory, then written in th
 while training continues) and atomic: Orbax writes into a temporary directory and renames it
 when every host has finished, so a run killed mid-save leaves only complete checkpoints behind
 and `latest_step()` never sees a partial one.
+
+A committed checkpoint can still be damaged later (a truncated or overwritten file, a bad
+disk): `Checkpointer.restore_latest` then moves the step that fails to restore aside to
+``WORKDIR/checkpoints/bad-<step>-<reason>/`` (with the error in ``WHY.txt``; nothing is
+deleted) and falls back to the next newer-to-older step. A failed save (e.g. ENOSPC) raises
+`CheckpointSaveError`; Orbax's temporary directory of that step is removed on the next start.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import json
 import os
 import pathlib
+import re
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
+from jax.experimental import multihost_utils
+
+
+class NoGoodCheckpointError(RuntimeError):
+    """Every checkpoint of a run directory failed to restore (each was moved aside)."""
+
+
+class CheckpointSaveError(RuntimeError):
+    """Writing a checkpoint failed (e.g. the disk is full); the older checkpoints are intact."""
+
 
 # ---------------------------------------------------------------------------------------------
 # Per-host JSON (the data iterator's position differs on every host).
@@ -50,14 +70,7 @@ class HostStateHandler(ocp.CheckpointHandler):
         _host_file(directory).write_text(json.dumps(args.state, sort_keys=True))
 
     def restore(self, directory: epath.Path, args: HostStateRestore | None = None) -> dict:
-        path = _host_file(directory)
-        if not path.exists():
-            found = sorted(p.name for p in directory.iterdir())
-            raise ValueError(
-                f"{path} does not exist: this checkpoint was written by a different number of "
-                f"processes (found {found}); restart with the same number of processes"
-            )
-        return json.loads(path.read_text())
+        return read_host_state(directory)
 
     def metadata(self, directory: epath.Path) -> None:
         return None
@@ -67,6 +80,23 @@ class HostStateHandler(ocp.CheckpointHandler):
 
     def close(self) -> None:
         pass
+
+
+def read_host_state(directory: epath.Path) -> dict[str, Any]:
+    """This process's saved data state; from a checkpoint of another process count only when
+    every process saved the same state (a data order that does not depend on the hosts)."""
+    path = _host_file(directory)
+    if path.exists():
+        return json.loads(path.read_text())
+    files = sorted(directory.glob("process_*-of-*.json"))
+    states = [json.loads(p.read_text()) for p in files]
+    if states and all(s == states[0] for s in states):
+        return states[0]
+    raise ValueError(
+        f"{path} does not exist: this checkpoint was written by a different number of "
+        f"processes (found {[p.name for p in files]}) whose data positions differ (a per-host "
+        "data order); restart with the same number of processes"
+    )
 
 
 @ocp.args.register_with_handler(HostStateHandler, for_save=True)
@@ -116,6 +146,7 @@ class Checkpointer:
             cleanup_tmp_directories=True,
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self._saving: int | None = None  # the step of the newest save started
 
     def latest_step(self) -> int | None:
         """The step of the newest complete checkpoint, or None."""
@@ -125,11 +156,89 @@ class Checkpointer:
         return list(self._manager.all_steps())
 
     def save(self, step: int, state: Any, data_state: Mapping[str, Any] | None) -> None:
-        """Starts an asynchronous save of `state` (+ this host's data position) at `step`."""
+        """Starts an asynchronous save of `state` (+ this host's data position) at `step`.
+
+        Raises `CheckpointSaveError` when this save or the previous (background) one failed.
+        """
         # Copy the position now: the iterator moves on while Orbax writes.
         data = json.loads(json.dumps(dict(data_state or {})))
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=HostStateSave(data))
-        self._manager.save(step, args=args, force=True)
+        with self._save_errors():
+            self._manager.wait_until_finished()  # an error of the previous save surfaces here
+            self._saving = step
+            self._manager.save(step, args=args, force=True)
+
+    @contextlib.contextmanager
+    def _save_errors(self):
+        """Turns an OSError of a save (raised now or surfacing from a background write of an
+        earlier step) into a `CheckpointSaveError` that says what is still safe on disk."""
+        try:
+            yield
+        except Exception as error:
+            if not _is_os_error(error):
+                raise
+            failed = self._saving
+            committed = [s for s in self.all_steps() if s != failed]
+            last = max(committed) if committed else None
+            cause = "the disk is full (ENOSPC)" if _is_enospc(error) else f"{error}"
+            raise CheckpointSaveError(
+                f"saving the checkpoint of step {failed} in {self.directory} failed: {cause}. "
+                "The last committed checkpoint is "
+                + (f"step {last}, intact" if last is not None else "none")
+                + "; free space and restart to resume from it (the unfinished save is removed "
+                "on start)."
+            ) from error
+
+    def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict[str, Any]] | None:
+        """(step, state, data_state) of the newest checkpoint that restores, or None if none.
+
+        A step that fails to restore is logged, moved aside to ``bad-<step>-<reason>`` (never
+        deleted) and the next older one is tried; `NoGoodCheckpointError` when all fail.
+        """
+        bad: list[str] = []
+        for step in sorted(self.all_steps(), reverse=True):
+            error = None
+            try:
+                state, data_state = self.restore(step, abstract_state)
+                _check_restored_finite(state)
+            except Exception as e:  # tensorstore, JSON and ValueErrors alike: the step is bad
+                error = e
+            if _agree_ok(error is None):
+                return step, state, data_state
+            if error is None:
+                error = RuntimeError("another process could not restore this step")
+            bad.append(self._quarantine(step, error))
+        if bad:
+            raise NoGoodCheckpointError(
+                f"no checkpoint in {self.directory} restores; moved aside: {bad}. Move one back "
+                "if it is usable, or remove them to start from scratch."
+            )
+        return None
+
+    def _quarantine(self, step: int, error: BaseException) -> str:
+        """Moves the step directory aside (process 0) and makes the manager forget it."""
+        reason = _reason(error)
+        target = self.directory / f"bad-{step}-{reason}"
+        if jax.process_index() == 0:
+            n = 1
+            while target.exists():  # never overwrite an earlier quarantined copy
+                n += 1
+                target = self.directory / f"bad-{step}-{reason}-{n}"
+            os.rename(os.fspath(self.directory / str(step)), os.fspath(target))
+            (target / "WHY.txt").write_text(_error_text(error) + "\n")
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"bertjax_quarantine_{step}")
+        logging.error(
+            "checkpoint step %d in %s does not restore (%s; %s); moved it to %s and trying "
+            "the next older one",
+            step,
+            self.directory,
+            reason,
+            _error_text(_chain(error)[-1]).splitlines()[0][:300],
+            target.name,
+        )
+        self._manager.reload()
+        return target.name
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
         """(state, data_state) of `step`, with arrays laid out as `abstract_state`'s shardings.
@@ -149,6 +258,96 @@ class Checkpointer:
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def _is_os_error(error: BaseException) -> bool:
+    return any(isinstance(e, OSError) for e in _chain(error)) or "ENOSPC" in _error_text(error)
+
+
+def _is_enospc(error: BaseException) -> bool:
+    return any(
+        isinstance(e, OSError) and e.errno == errno.ENOSPC for e in _chain(error)
+    ) or "No space left on device" in _error_text(error)
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    """`error` and the exceptions it was raised from (tensorstore's reason is often there)."""
+    out: list[BaseException] = []
+    while error is not None and all(error is not e for e in out):
+        out.append(error)
+        error = error.__cause__ or error.__context__
+    return out
+
+
+def _error_text(error: BaseException) -> str:
+    return "\n".join(f"{type(e).__name__}: {e}" for e in _chain(error))
+
+
+def _reason(error: BaseException) -> str:
+    """A short directory-name-safe word for why a checkpoint is bad."""
+    if isinstance(error, NonFiniteCheckpointError):
+        return "nonfinite"
+    text = _error_text(error).lower()
+    for needle, word in (
+        ("out_of_range", "truncated"),
+        ("data_loss", "corrupt"),
+        ("checksum", "corrupt"),
+        ("json", "bad-json"),
+        ("not found", "missing-file"),
+        ("no such file", "missing-file"),
+        ("does not exist", "missing-file"),
+    ):
+        if needle in text:
+            return word
+    return re.sub(r"[^a-z0-9]+", "-", type(error).__name__.lower()).strip("-") or "unreadable"
+
+
+class NonFiniteCheckpointError(ValueError):
+    """A checkpoint's parameters hold NaN or Inf (bytes damaged in a way that still decodes)."""
+
+
+def _check_restored_finite(state: Any) -> None:
+    params = state.get("params") if isinstance(state, Mapping) else None
+    if params is None:
+        return
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        if jax.numpy.issubdtype(leaf.dtype, jax.numpy.floating) and not bool(
+            jax.numpy.isfinite(leaf).all()
+        ):
+            raise NonFiniteCheckpointError(
+                f"params{jax.tree_util.keystr(path)} holds NaN or Inf values"
+            )
+
+
+def _agree_ok(ok: bool) -> bool:
+    """True only if `ok` on every process (one host failing to read a step makes it bad)."""
+    if jax.process_count() == 1:
+        return ok
+    return bool(np.all(multihost_utils.process_allgather(np.array(ok, np.int32))))
+
+
+def peek_data_state(workdir: str | pathlib.Path) -> tuple[int, dict[str, Any]] | None:
+    """(step, this host's data state) of the newest committed checkpoint, read as plain JSON
+    without Orbax (cheap: the run checks its inputs against it before building its data).
+    None when there is none or it cannot be read (restoring will then say why)."""
+    root = _absolute(workdir) / "checkpoints"
+    if not root.is_dir():
+        return None
+    steps = [int(p.name) for p in root.iterdir() if _committed(p)]
+    if not steps:
+        return None
+    step = max(steps)
+    try:
+        return step, read_host_state(root / str(step) / "data")
+    except (OSError, ValueError):
+        return None
+
+
+def _committed(step_dir: epath.Path) -> bool:
+    """A finished step directory (Orbax renames the temporary one when it commits)."""
+    return step_dir.name.isdigit() and any(
+        (step_dir / name).exists() for name in ("_CHECKPOINT_METADATA", "commit_success.txt")
+    )
 
 
 class BestCheckpointer:

@@ -115,7 +115,104 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError(
             f"config.total_steps={config.total_steps} must be >= 1 (or set num_train_epochs)"
         )
+    skip = config.get("skip_nonfinite_steps", 0)
+    if not isinstance(skip, int) or isinstance(skip, bool) or skip < 0:
+        raise ValueError(f"config.skip_nonfinite_steps={skip!r} must be an integer >= 0")
     if config.optim.warmup_steps < 0:
         raise ValueError(f"config.optim.warmup_steps={config.optim.warmup_steps} must be >= 0")
     if math.isnan(float(config.optim.learning_rate)):
         raise ValueError("config.optim.learning_rate is NaN")
+
+
+# ---------------------------------------------------------------------------------------------
+# Command-line keys the run would not read.
+# ---------------------------------------------------------------------------------------------
+
+
+def _data(config: ml_collections.ConfigDict, key: str, default: Any = None) -> Any:
+    data = config.get("data")
+    return data.get(key, default) if isinstance(data, ml_collections.ConfigDict) else default
+
+
+def _source_is(*sources: str):
+    return lambda c: _data(c, "source") is None or _data(c, "source") in sources
+
+
+# Keys that only some settings read: (key, is it read under this config?, what reads it).
+# A key is checked only when the config has it; keys not listed are read by every run that
+# has them. Add a row when a config key becomes conditional.
+CONDITIONAL_KEYS: tuple[tuple[str, Any, str], ...] = (
+    ("data.text_files", _source_is("text_files"), "data.source='text_files'"),
+    ("data.text_format", _source_is("text_files"), "data.source='text_files'"),
+    ("data.tfds_name", _source_is("tfds"), "data.source='tfds'"),
+    ("data.tfds_split", _source_is("tfds"), "data.source='tfds'"),
+    ("data.tfds_text_key", _source_is("tfds"), "data.source='tfds'"),
+    ("data.prepared_dir", _source_is("prepared"), "data.source='prepared'"),
+    (
+        "data.tfds_data_dir",
+        lambda c: _source_is("tfds")(c) and not _data(c, "data_dir"),
+        "data.source='tfds' (GLUE: an empty data.data_dir)",
+    ),
+    (
+        "data.vocab_size",
+        lambda c: not _data(c, "vocab_file") and _data(c, "source") != "prepared",
+        "a vocabulary trained from the corpus (data.vocab_file empty, data.source not 'prepared')",
+    ),
+    (
+        "data.max_instances_per_row",
+        lambda c: bool(_data(c, "pack_sequences", True)),
+        "data.pack_sequences=True",
+    ),
+    (
+        "data.dupe_factor",
+        lambda c: False,
+        "`python -m bertjax.data.prepare` (the offline pipeline), not training",
+    ),
+    (
+        "data.merges_file",
+        lambda c: bool(_data(c, "vocab_file")),
+        "a GPT-2 vocabulary given by data.vocab_file",
+    ),
+    ("eval_batches", lambda c: c.get("task") != "glue", "tasks other than glue"),
+)
+
+
+def override_keys(argv: list[str]) -> list[str]:
+    """The dotted keys set by ``--config.KEY=V`` / ``--config.KEY V`` arguments in `argv`."""
+    keys = []
+    for arg in argv:
+        if arg.startswith("--config.") or arg.startswith("-config."):
+            keys.append(arg.split("config.", 1)[1].split("=", 1)[0])
+    return keys
+
+
+def resolve_command_line(config: ml_collections.ConfigDict, keys: list[str]) -> list[str]:
+    """Makes command-line keys mean what the user meant, or fails naming the ones unused.
+
+    `keys` are the dotted keys given on the command line (`override_keys`). Setting
+    ``data.text_files`` without ``data.source`` on a config whose source is ``embedded``
+    switches the source to ``text_files``. Any other key that the run would not read (the
+    `CONDITIONAL_KEYS` table) raises a ValueError naming it and what would read it. Returns
+    log lines for what was changed.
+    """
+    notes = []
+    given = set(keys)
+    if (
+        "data.text_files" in given
+        and "data.source" not in given
+        and _data(config, "source") == "embedded"
+    ):
+        config.data.source = "text_files"
+        notes.append("data.text_files given: data.source set to 'text_files' (was 'embedded')")
+    unused = []
+    for key, is_read, reader in CONDITIONAL_KEYS:
+        if key in given and unknown_key_message(config, key) is None and not is_read(config):
+            unused.append(f"--config.{key} is not read by this run: only {reader} reads it")
+    if unused:
+        raise ValueError("; ".join(unused) + _current(config))
+    return notes
+
+
+def _current(config: ml_collections.ConfigDict) -> str:
+    parts = [f"{k}={_data(config, k)!r}" for k in ("source", "vocab_file", "pack_sequences")]
+    return f" (this config: task={config.get('task')!r}, data: {', '.join(parts)})"

@@ -69,12 +69,27 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if _WORKDIR.value is None and not _DRY_RUN.value:
         raise app.UsageError("--workdir is required (unless --dry_run)")
+    from bertjax import config_lib
+
+    try:  # before jax.distributed: a mistyped run fails in a second, not after a barrier
+        for note in config_lib.resolve_command_line(
+            _CONFIG.value, config_lib.override_keys(sys.argv[1:])
+        ):
+            logging.warning("%s", note)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
     _start_distributed()
     from bertjax import train  # after jax.distributed: importing jax alone is fine, using it is not
 
     try:
         train.run(_CONFIG.value, _WORKDIR.value or "/tmp/bertjax_dry_run", dry_run=_DRY_RUN.value)
-    except train.NonFiniteLossError as e:
+    except (
+        train.NonFiniteLossError,
+        train.checkpointing.NoGoodCheckpointError,
+        train.checkpointing.CheckpointSaveError,
+        train.workdir_lib.WorkdirError,
+        train.inputs.InputsChangedError,
+    ) as e:
         logging.error("%s", e)
         sys.exit(f"error: {e}")
 

@@ -36,7 +36,17 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec
 
-from bertjax import checkpointing, config_lib, metrics, optim, profiling, sharding, tasks
+from bertjax import (
+    checkpointing,
+    config_lib,
+    inputs,
+    metrics,
+    optim,
+    profiling,
+    sharding,
+    tasks,
+)
+from bertjax import workdir as workdir_lib
 from bertjax.inference import manifest as run_manifest
 
 
@@ -61,20 +71,36 @@ class RunResult:
     dry_run: dict[str, Any] | None = None
 
 
-def resolve_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int | None) -> Schedule:
+def resolve_schedule(
+    config: ml_collections.ConfigDict, steps_per_epoch: int | None, *, dry_run: bool = False
+) -> Schedule:
     """Step counts from the config: fixed steps, or epochs when `num_train_epochs` > 0.
 
-    ``config.eval_every``: > 0 evaluates every so many steps and at the end, 0 only at the end
-    (at the end of every epoch with `num_train_epochs`), -1 never.
+    With both, a positive `total_steps` bounds the epochs (``--config.total_steps=100`` on an
+    epoch-based config trains 100 steps, as the user meant). ``config.eval_every``: > 0
+    evaluates every so many steps and at the end, 0 only at the end (at the end of every epoch
+    with `num_train_epochs`), -1 never. `dry_run`: no data, so an epoch count without
+    `total_steps` compiles with a placeholder length (the step's program does not depend on it).
     """
     epochs = float(config.get("num_train_epochs", 0) or 0)
     total, warmup, eval_every = config.total_steps, config.optim.warmup_steps, config.eval_every
-    if epochs > 0:
+    if epochs > 0 and dry_run and not steps_per_epoch:
+        total = total if total > 0 else 1
+    elif epochs > 0:
         if not steps_per_epoch:
             raise ValueError(
                 f"config.num_train_epochs={epochs} needs the task's data to give steps_per_epoch"
             )
-        total = max(1, math.ceil(epochs * steps_per_epoch))
+        by_epochs = max(1, math.ceil(epochs * steps_per_epoch))
+        if 0 < total < by_epochs:
+            logging.warning(
+                "config.total_steps=%d bounds the run (num_train_epochs=%s would be %d steps)",
+                total,
+                epochs,
+                by_epochs,
+            )
+        else:
+            total = by_epochs
         if eval_every == 0:
             eval_every = steps_per_epoch
     if config.optim.get("warmup_proportion", 0):
@@ -133,8 +159,9 @@ def _check_finite(step: int, values: dict[str, float], ckpt: checkpointing.Check
     raise NonFiniteLossError(
         f"non-finite value at step {step}: {bad}. Stopped without saving; the last good "
         f"checkpoint is step {ckpt.latest_step()} in {ckpt.directory}. Try a lower "
-        "config.optim.learning_rate, gradient clipping (config.optim.grad_clip_norm) or "
-        "float32 compute (config.model.dtype)."
+        "config.optim.learning_rate, gradient clipping (config.optim.grad_clip_norm), "
+        "float32 compute (config.model.dtype), or config.skip_nonfinite_steps=N to skip up "
+        "to N such steps."
     )
 
 
@@ -220,15 +247,22 @@ def build_trainer(
         dummy = {k: jnp.zeros(s.shape, s.dtype) for k, s in spec.items()}
         return model.init({"params": rng, "dropout": rng}, dummy, train=False)["params"]
 
+    # config.skip_nonfinite_steps = N > 0: up to N steps with a non-finite loss or gradient
+    # leave params and optimizer state as they were (counted in state["nonfinite_skipped"]).
+    skip_budget = int(config.get("skip_nonfinite_steps", 0) or 0)
+
     def init_state(rng: jax.Array) -> dict[str, Any]:
         params_rng, step_rng = jax.random.split(rng)
         params = nn.meta.unbox(init_params(params_rng))
-        return {
+        state = {
             "step": jnp.zeros((), jnp.int32),
             "params": params,
             "opt_state": tx.init(params),
             "rng": step_rng,
         }
+        if skip_budget:
+            state["nonfinite_skipped"] = jnp.zeros((), jnp.int32)
+        return state
 
     rng = jax.random.PRNGKey(0)  # shapes only
     with jax.set_mesh(None), nn.logical_axis_rules(rules):  # see Trainer.init_state
@@ -249,6 +283,8 @@ def build_trainer(
         ),
         "rng": replicated,
     }
+    if skip_budget:
+        state_shardings["nonfinite_skipped"] = replicated
     sharding.check_divisible(abstract_state["params"], param_shardings)
     abstract_state = jax.tree.map(
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
@@ -290,14 +326,26 @@ def build_trainer(
             step_metrics = jax.tree.map(lambda m: m / accum, step_metrics)
         updates, opt_state = tx.update(grads, state["opt_state"], params)
         params = optax.apply_updates(params, updates)
+        grad_norm = optax.tree.norm(grads)
+        new_state = {**state, "step": state["step"] + 1, "params": params}
+        new_state["opt_state"] = opt_state
+        if skip_budget:
+            finite = jnp.isfinite(grad_norm)
+            if "loss" in step_metrics:
+                finite &= jnp.isfinite(step_metrics["loss"])
+            skip = ~finite & (state["nonfinite_skipped"] < skip_budget)
+            for key in ("params", "opt_state"):  # the update is dropped, the step consumed
+                new_state[key] = jax.tree.map(
+                    lambda old, new: jnp.where(skip, old, new), state[key], new_state[key]
+                )
+            new_state["nonfinite_skipped"] = state["nonfinite_skipped"] + skip.astype(jnp.int32)
+            step_metrics = {**step_metrics, "skipped_nonfinite": skip.astype(jnp.float32)}
         step_metrics = {
             **step_metrics,
             "learning_rate": learning_rate(state["step"]),
-            "grad_norm": optax.tree.norm(grads),
-            "param_norm": optax.tree.norm(params),
+            "grad_norm": grad_norm,
+            "param_norm": optax.tree.norm(new_state["params"]),
         }
-        new_state = {**state, "step": state["step"] + 1, "params": params}
-        new_state["opt_state"] = opt_state
         return new_state, step_metrics
 
     batch_sharding = sharding.batch_sharding(mesh)
@@ -343,6 +391,24 @@ def run(
     """
     config_lib.validate(config)
     workdir = pathlib.Path(workdir)
+    if dry_run:
+        return _run(config, workdir, dry_run=True, devices=devices)
+    # Before any data is read or anything compiled: the directory is writable and ours alone.
+    lock = workdir_lib.acquire(workdir, lock=jax.process_index() == 0)
+    try:
+        return _run(config, workdir, dry_run=False, devices=devices)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(
+    config: ml_collections.ConfigDict,
+    workdir: pathlib.Path,
+    *,
+    dry_run: bool,
+    devices: Sequence[jax.Device] | None,
+) -> RunResult:
     # ------------------------------------------------------------------------------ setup
     task = tasks.get(config.task)
     mesh = sharding.make_mesh(config.mesh, devices)
@@ -367,12 +433,19 @@ def run(
             global_batch_size=batch_size,
             workdir=str(workdir),
         )
+        # Input files changed since the checkpoint to resume: named before the data pipeline
+        # reads them (it would fail on a stale vocabulary, or silently read other data).
+        input_fps = inputs.fingerprint(config)
+        newest = checkpointing.peek_data_state(workdir)
+        if newest is not None and inputs.STATE_KEY in newest[1]:
+            where = f"{workdir}/checkpoints/{newest[0]}"
+            inputs.check_unchanged(newest[1][inputs.STATE_KEY], input_fps, where)
         data = task.build_data(config, host)
     model_cfg, model = task.build_model(config, data)
     if data is not None and jax.process_index() == 0:
         # WORKDIR/run.json + the tokenizer's files: every loader works from these alone.
         run_manifest.write_run(workdir, config, model_cfg, data)
-    schedule = resolve_schedule(config, data.steps_per_epoch if data else None)
+    schedule = resolve_schedule(config, data.steps_per_epoch if data else None, dry_run=dry_run)
     # ------------------------------------------------------------------ state and steps
     trainer = build_trainer(config, task, model_cfg, model, mesh, schedule)
     logging.info("model %s: %s parameters", model_cfg.head, f"{trainer.num_params:,}")
@@ -385,7 +458,10 @@ def run(
     ckpt = checkpointing.Checkpointer(workdir, keep=int(config.keep_checkpoints))
     start = ckpt.latest_step()
     if start is not None and start >= schedule.total_steps:
-        logging.info("%s holds step %d of %d: nothing to do", workdir, start, schedule.total_steps)
+        metrics.log_console(
+            f"{workdir} already holds step {start} of total_steps={schedule.total_steps}: "
+            "nothing to train (raise config.total_steps to continue, or use another --workdir)"
+        )
         ckpt.close()
         return RunResult(step=start, state=None, records=[])
     compiled_step = trainer.step
@@ -393,7 +469,13 @@ def run(
     best_metric = task.best_metric(config) if task.best_metric else None
     best = checkpointing.BestCheckpointer(workdir, *best_metric) if best_metric else None
     writer = metrics.MetricWriter(workdir)
-    if start is None:
+
+    def position() -> dict[str, Any]:
+        return {**data.train.get_state(), inputs.STATE_KEY: input_fps}
+
+    # The newest checkpoint that restores; damaged ones are moved aside (see checkpointing).
+    restored = ckpt.restore_latest(trainer.abstract_state) if start is not None else None
+    if restored is None:
         start = 0
         state = trainer.init_state(jax.random.PRNGKey(int(config.seed)))
         if task.init_params is not None:
@@ -401,7 +483,10 @@ def run(
                 task.init_params(config, model_cfg, state["params"])
             )
     else:
-        state, data_state = ckpt.restore(start, trainer.abstract_state)
+        start, state, data_state = restored
+        saved_inputs = data_state.pop(inputs.STATE_KEY, None)
+        if saved_inputs is not None:  # checked above against the newest; an older one here
+            inputs.check_unchanged(saved_inputs, input_fps, f"{ckpt.directory}/{start}")
         data.train.set_state(data_state)
         logging.info("resumed from %s/%d", ckpt.directory, start)
     writer.truncate_after(start)
@@ -429,6 +514,14 @@ def run(
         nonlocal pending
         for s, values in pending:
             host_values = {k: float(v) for k, v in jax.device_get(values).items()}
+            if host_values.pop("skipped_nonfinite", 0.0):
+                skipped = int(jax.device_get(state["nonfinite_skipped"]))
+                metrics.log_console(
+                    f"step {s}: non-finite loss {host_values.get('loss')} / grad_norm "
+                    f"{host_values.get('grad_norm')}; update skipped (config.skip_nonfinite_steps"
+                    f": {skipped} of {config.skip_nonfinite_steps} used by step {step})"
+                )
+                continue
             _check_finite(s, host_values, ckpt)
             fetched.append(host_values)
         pending = []
@@ -439,7 +532,7 @@ def run(
                 if preemption.reached(step):
                     fetch_and_check()
                     if last_saved != step:
-                        ckpt.save(step, state, data.train.get_state())
+                        ckpt.save(step, state, position())
                     ckpt.wait()
                     logging.warning("preempted: saved step %d in %s", step, ckpt.directory)
                     break
@@ -494,7 +587,7 @@ def run(
                     writer.write(step, record)
                     records.append({"step": step, **record})
                 if do_save:
-                    ckpt.save(step, state, data.train.get_state())
+                    ckpt.save(step, state, position())
                     last_saved = step
                 excluded += time.time() - paused
 

@@ -58,6 +58,7 @@ def get_config(phase: str = "phase1") -> ml_collections.ConfigDict:
     config.eval_batches = 100
     config.checkpoint_every = 10_000
     config.keep_checkpoints = 3
+    config.skip_nonfinite_steps = 0  # > 0: skip up to so many NaN/Inf steps (no update)
     config.nsp_weight = 1.0
     config.profile_steps = ""  # e.g. "10,15": jax.profiler trace of steps 10-14
     config.init_from = ""  # phase 2: the phase-1 run directory

@@ -71,6 +71,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval_batches = 8
     config.checkpoint_every = 150
     config.keep_checkpoints = 3
+    config.skip_nonfinite_steps = 0  # > 0: skip up to so many NaN/Inf steps (no update)
     config.nsp_weight = 1.0  # lambda in L = L_MLM + lambda * L_NSP
     config.profile_steps = ""  # e.g. "10,15": jax.profiler trace of steps 10-14
     config.init_from = ""  # a bertjax run/checkpoint or HF BertForPreTraining dir to start from

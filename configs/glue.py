@@ -71,6 +71,7 @@ def get_config(task: str = "mrpc") -> ml_collections.ConfigDict:
     config.eval_batches = 0  # unused: GLUE evaluates the whole dev set
     config.checkpoint_every = 1000
     config.keep_checkpoints = 1
+    config.skip_nonfinite_steps = 0  # > 0: skip up to so many NaN/Inf steps (no update)
 
     # Warmup: 10% of the steps (replaces warmup_steps), then linear decay.
     config.optim = config_defaults.optimizer(learning_rate=2e-5, warmup_proportion=0.1)

@@ -62,6 +62,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.eval_batches = 20
     config.checkpoint_every = 2000
     config.keep_checkpoints = 3
+    config.skip_nonfinite_steps = 0  # > 0: skip up to so many NaN/Inf steps (no update)
 
     config.optim = config_defaults.optimizer(
         learning_rate=6e-4, warmup_steps=2000, weight_decay=0.1, b2=0.95, eps=1e-8

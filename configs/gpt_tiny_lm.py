@@ -57,6 +57,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.eval_batches = 0  # 0: the whole eval set
     config.checkpoint_every = 150
     config.keep_checkpoints = 2
+    config.skip_nonfinite_steps = 0  # > 0: skip up to so many NaN/Inf steps (no update)
 
     config.optim = config_defaults.optimizer(
         learning_rate=3e-3, warmup_steps=50, weight_decay=0.1, b2=0.95, eps=1e-8

@@ -111,10 +111,10 @@ def test_epochs_re_pair_reshuffle_and_re_mask(vocab_file, data):
     assert (next(it)["input_ids"] != first["input_ids"]).any()
     # A batch larger than an epoch runs on through the following epochs.
     big = build_pretraining_data(
-        tiny_data_config(vocab_file=vocab_file), seed=3, local_batch_size=2 * len(e0) + 5
+        tiny_data_config(vocab_file=vocab_file), seed=3, local_batch_size=len(e0) + len(e1) + 5
     ).train_iterator()
     batch = next(big)
-    assert batch["input_ids"].shape[0] == 2 * len(e0) + 5
+    assert batch["input_ids"].shape[0] == len(e0) + len(e1) + 5
     assert big.get_state()["epoch"] == 2
 
 
@@ -172,7 +172,10 @@ def _write_docs(path, docs):
     path.write_text("\n\n".join("\n".join(d) for d in docs) + "\n", encoding="utf-8")
 
 
-def test_two_hosts_read_disjoint_shards_that_cover_the_data(tmp_path, vocab_file):
+def test_global_batches_do_not_depend_on_the_number_of_hosts(tmp_path, vocab_file):
+    """Text files / embedded corpus: hosts build the same global batches and keep their rows,
+    so 1 host x 8 rows and 2 hosts x 4 rows see the same data, train and eval; a position
+    saved by the 2 hosts (identical on both) continues on 1."""
     docs = [list(d) for d in embedded_corpus.embedded_documents()[:60]]
     _write_docs(tmp_path / "a.txt", docs[:30])
     _write_docs(tmp_path / "b.txt", docs[30:])
@@ -187,19 +190,25 @@ def test_two_hosts_read_disjoint_shards_that_cover_the_data(tmp_path, vocab_file
         build_pretraining_data(cfg, seed=0, local_batch_size=4, process_index=i, process_count=2)
         for i in range(2)
     ]
-
-    def doc_set(corpus):
-        s, d, t = corpus.sentence_starts, corpus.document_starts, corpus.tokens
-        return {tuple(t[s[d[k]] : s[d[k + 1]]].tolist()) for k in range(corpus.num_documents)}
-
-    for attr in ("_train_source", "_eval_source"):
-        all_docs = doc_set(getattr(single, attr).corpus)
-        h0, h1 = (doc_set(getattr(h, attr).corpus) for h in hosts)
-        assert h0 and h1 and not h0 & h1
-        assert h0 | h1 == all_docs
-    # The hosts' batches differ and each is a valid batch of its own shard.
-    b0, b1 = next(hosts[0].train_iterator()), next(hosts[1].train_iterator())
-    assert b0["input_ids"].shape == (4, 64) and (b0["input_ids"] != b1["input_ids"]).any()
+    one, two = single.train_iterator(), [h.train_iterator() for h in hosts]
+    for _ in range(3):
+        want = next(one)
+        parts = [next(it) for it in two]
+        assert parts[0]["input_ids"].shape == (4, 64)
+        assert (parts[0]["input_ids"] != parts[1]["input_ids"]).any()
+        for key in want:
+            np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), want[key])
+    states = [it.get_state() for it in two]
+    assert states[0] == states[1] == one.get_state()
+    resumed = build_pretraining_data(cfg, seed=0, local_batch_size=8).train_iterator()
+    resumed.set_state(states[0])
+    np.testing.assert_array_equal(next(resumed)["input_ids"], next(one)["input_ids"])
+    want_eval = list(single.eval_iterator(2))
+    got_eval = [list(h.eval_iterator(2)) for h in hosts]
+    for b, want in enumerate(want_eval):
+        for key in want:
+            got = np.concatenate([got_eval[0][b][key], got_eval[1][b][key]])
+            np.testing.assert_array_equal(got, want[key])
 
 
 def test_trained_vocabulary_is_saved_and_reused(tmp_path, caplog):

@@ -153,7 +153,9 @@ def test_gradient_accumulation_matches_the_full_batch(tmp_path):
     for a, b in zip(results[1], results[2], strict=True):
         assert b["loss"] == pytest.approx(a["loss"], rel=2e-2)
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-1)
-    assert results[2][1]["param_norm"] == pytest.approx(results[1][1]["param_norm"], rel=1e-4)
+    # (That normalisation difference depends on which rows share a microbatch: ~1.3e-4 with
+    # the host-count-independent batch order; a wrong accumulation is off by far more.)
+    assert results[2][1]["param_norm"] == pytest.approx(results[1][1]["param_norm"], rel=5e-4)
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):

@@ -161,6 +161,7 @@ class PretrainingIterator(grain.DatasetIterator):
         batch_size: int,
         seed_parts: tuple[Any, ...],
         fingerprint: str,
+        rows: slice | None = None,
     ):
         super().__init__()
         if batch_size < 1:
@@ -168,6 +169,9 @@ class PretrainingIterator(grain.DatasetIterator):
         self._source = source
         self._batcher = batcher
         self._batch_size = batch_size
+        # Global order: `batch_size` is the global batch, built identically on every host, and
+        # this host returns its `rows` of it (None: all rows).
+        self._rows = rows
         self._seed_parts = seed_parts
         self._fingerprint = fingerprint
         self._epoch = 0
@@ -177,6 +181,12 @@ class PretrainingIterator(grain.DatasetIterator):
         self._packing = batcher.settings.pack_sequences
 
     def __next__(self) -> dict[str, np.ndarray]:
+        batch = self._next_batch()
+        if self._rows is None:
+            return batch
+        return {k: v[self._rows] for k, v in batch.items()}
+
+    def _next_batch(self) -> dict[str, np.ndarray]:
         rng = np.random.default_rng(seed_int("mask", *self._seed_parts, self._epoch, self._index))
         if not self._packing:
             tokens, spans = self._fetch(self._epoch, self._index, self._batch_size)
@@ -298,6 +308,7 @@ class PretrainingData:
         process_index: int,
         process_count: int,
         data_fingerprint: str,
+        global_order: bool = False,
     ):
         self.tokenizer = tokenizer
         self.vocab_size = tokenizer.vocab_size
@@ -311,11 +322,29 @@ class PretrainingData:
         self._eval_source = eval_source
         self._seed = seed
         self._batcher = Batcher(tokenizer, settings)
-        parts = (data_fingerprint, seed, local_batch_size, process_index, process_count)
+        # global_order: every host holds the whole training corpus and builds the same global
+        # batches (instances, order and masks depend on data, config and seed only), keeping
+        # its rows; the number of hosts does not change the data, and a position saved by N
+        # hosts resumes on M. Otherwise (tfds, prepared shards) each host reads its own shard.
+        self.global_order = global_order
+        if global_order:
+            parts: tuple[Any, ...] = (data_fingerprint, seed, local_batch_size * process_count)
+        else:
+            parts = (data_fingerprint, seed, local_batch_size, process_index, process_count)
         self._fingerprint = hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
 
     def train_iterator(self) -> PretrainingIterator:
         """A fresh infinite iterator at epoch 0 (restore a position with `set_state`)."""
+        if self.global_order:
+            local = self.local_batch_size
+            return PretrainingIterator(
+                self._train_source,
+                self._batcher,
+                batch_size=local * self.process_count,
+                seed_parts=(self._seed,),
+                fingerprint=self._fingerprint,
+                rows=slice(self.process_index * local, (self.process_index + 1) * local),
+            )
         return PretrainingIterator(
             self._train_source,
             self._batcher,
@@ -332,12 +361,16 @@ class PretrainingData:
         """
         if self._eval_source is None:
             raise ValueError("no held-out data: set data.eval_fraction > 0")
-        needed = num_batches * self.local_batch_size
-        tokens, spans = self._eval_source.instances(needed)
+        if self.global_order:  # the global eval batches, this host's rows of each
+            size, local = self.local_batch_size * self.process_count, self.local_batch_size
+            rows, host = slice(self.process_index * local, (self.process_index + 1) * local), 0
+        else:
+            size, rows, host = self.local_batch_size, slice(None), self.process_index
+        tokens, spans = self._eval_source.instances(num_batches * size)
         for b in range(num_batches):
-            rng = np.random.default_rng(seed_int("eval-mask", _EVAL_SEED, self.process_index, b))
-            sl = slice(b * self.local_batch_size, (b + 1) * self.local_batch_size)
-            yield self._batcher(tokens, spans.take(sl), rng)
+            rng = np.random.default_rng(seed_int("eval-mask", _EVAL_SEED, host, b))
+            batch = self._batcher(tokens, spans.take(slice(b * size, (b + 1) * size)), rng)
+            yield {k: v[rows] for k, v in batch.items()}
 
 
 class EvalInstances:
@@ -437,6 +470,7 @@ def build_pretraining_data(
         train_docs, eval_docs = split_eval_by_threshold(host_docs, settings.eval_fraction)
         vocab_docs: Sequence[Document] = ()  # tfds requires data.vocab_file (checked)
         where = f"tfds {settings.tfds_name}[{settings.tfds_split}] shard {process_index}"
+        host_split = True  # each host streams its own shard of the dataset
     else:
         if settings.source == "embedded":
             raw = [list(d) for d in embedded_corpus.embedded_documents()]
@@ -454,14 +488,19 @@ def build_pretraining_data(
         docs = _clean(raw, settings, stats)
         # Enough held-out documents for every host to pair them (NSP needs 2 per host).
         per_host = 2 if settings.sentence_objective == "nsp" else 1
-        all_train, all_eval = split_eval_exact(
-            docs, settings.eval_fraction, min_eval=per_host * process_count
-        )
-        train_docs = all_train[process_index::process_count]
-        eval_docs = all_eval[process_index::process_count]
+        train_docs, eval_docs = split_eval_exact(docs, settings.eval_fraction, min_eval=per_host)
         vocab_docs = docs
+        # Every host keeps every document: the global batches do not depend on the host count.
+        host_split = False
     log.info("data from %s: %s", where, stats.summary())
-    _check_enough_documents(train_docs, settings, where, process_index, process_count, stats)
+    _check_enough_documents(
+        train_docs,
+        settings,
+        where,
+        process_index if host_split else 0,
+        process_count if host_split else 1,
+        stats,
+    )
 
     corpus_fp = documents_fingerprint(vocab_docs) if not settings.vocab_file else ""
     tokenizer = resolve_tokenizer(
@@ -480,7 +519,7 @@ def build_pretraining_data(
                 "needs 2: raise data.eval_fraction (or set it to 0 for no eval)"
             )
         eval_source = EvalInstances(
-            tokenize_documents(tokenizer, eval_docs), settings, process_index
+            tokenize_documents(tokenizer, eval_docs), settings, process_index if host_split else 0
         )
     log.info(
         "host %d/%d: %d train documents (%d tokens), %d eval documents, vocabulary %d",
@@ -494,7 +533,7 @@ def build_pretraining_data(
     data_fp = hashlib.sha256(
         repr((settings, tokenizer.fingerprint(), documents_fingerprint(train_docs))).encode()
     ).hexdigest()
-    seed_parts = (seed, process_index, process_count)
+    seed_parts = (seed, process_index, process_count) if host_split else (seed,)
     return PretrainingData(
         tokenizer=tokenizer,
         settings=settings,
@@ -506,6 +545,7 @@ def build_pretraining_data(
         process_index=process_index,
         process_count=process_count,
         data_fingerprint=data_fp,
+        global_order=not host_split,
     )
 
 

@@ -168,3 +168,27 @@ def test_squad_config_trains_evaluates_and_predicts(tmp_path, minilm_dir):
         assert row["answer"] == preds[e.qid]  # the run has one checkpoint: the evaluated one
         if row["start"] >= 0:
             assert e.context[row["start"] : row["end"]] == row["answer"]
+
+
+def test_sweep_launcher_runs_squad_and_ner_and_selects_on_f1(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(REPO / "launch"))
+    import glue_sweep
+
+    runs = glue_sweep.plan(["squad", "ner"], tmp_path, [0, 1], [5e-5, 3e-5], [32], [2])
+    assert len(runs) == 8
+    cmd = glue_sweep.command(runs[0], "/ckpt", ["--config.data.train_file=t.json"])
+    assert f"--config={REPO / 'configs' / 'squad.py'}" in cmd
+    for run in runs:  # fake finished runs: lr 3e-5 is the better setting
+        run.workdir.mkdir(parents=True)
+        f1 = 80.0 + (5 if run.learning_rate == 3e-5 else 0) + run.seed
+        record = {"step": 10, "eval/f1": f1, "eval/exact_match": f1 - 8}
+        (run.workdir / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+        (run.workdir / glue_sweep.DONE_FILE).write_text("")
+    tasks, rows = glue_sweep.summarise(runs)
+    assert [(t["task"], t["learning_rate"], t["median"]) for t in tasks] == [
+        ("squad", 3e-5, 85.5),
+        ("ner", 3e-5, 85.5),
+    ]
+    assert len(rows) == 8

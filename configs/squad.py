@@ -35,6 +35,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict()
     config.data.train_file = ""  # SQuAD JSON (v1.1 or v2.0)
     config.data.validation_file = ""  # "" = no evaluation
+    # Or TFDS (array_record files, no TensorFlow): "squad/v1.1" | "squad/v2.0"; then leave the
+    # files empty.
+    config.data.tfds_name = ""
+    config.data.tfds_data_dir = ""  # "" = TFDS's default
+    config.data.train_split = "train"
+    config.data.validation_split = "validation"  # "" = no evaluation
     config.data.max_train_examples = 0  # >0: the first N training questions only
     config.data.max_eval_examples = 0  # >0: the first N validation questions only
     config.data.version_2_with_negative = "auto"  # auto (from the file) | "1.1" | "2.0"

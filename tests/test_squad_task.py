@@ -192,3 +192,20 @@ def test_sweep_launcher_runs_squad_and_ner_and_selects_on_f1(tmp_path):
         ("ner", 3e-5, 85.5),
     ]
     assert len(rows) == 8
+
+
+def test_tfds_squad_rows_read_and_checked(monkeypatch):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    rows = [
+        {"id": b"a1", "title": b"T", "context": b"Paris is big.", "question": b"What is big?",
+         "answers": {"text": np.array([b"Paris"]), "answer_start": np.array([0])}},
+        {"id": b"a2", "title": b"T", "context": b"Rome is old.", "question": b"What is old?",
+         "answers": {"text": np.array([b"Rome"]), "answer_start": np.array([2])}},
+    ]  # fmt: skip
+    monkeypatch.setattr(tfds, "data_source", lambda name, **kw: rows[:1])
+    examples, version = squad.load_tfds("squad/v1.1", "train")
+    assert version == "1.1" and examples[0].answers == (("Paris", 0),)
+    assert examples[0].qid == "a1" and examples[0].question == "What is big?"
+    monkeypatch.setattr(tfds, "data_source", lambda name, **kw: rows)
+    with pytest.raises(squad.SquadDataError, match=r"tfds squad/v1.1 train: question a2 answer 0"):
+        squad.load_tfds("squad/v1.1", "train")

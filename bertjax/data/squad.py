@@ -240,3 +240,39 @@ def _max_context_windows(spans: list[int], room: int, total: int) -> np.ndarray:
     score = np.minimum(tokens - starts, ends - tokens) + 0.01 * lengths
     score = np.where((tokens >= starts) & (tokens <= ends), score, -np.inf)
     return score.argmax(0) if total else np.zeros(0, np.int64)
+
+
+def _str(value: Any) -> str:
+    if isinstance(value, np.ndarray):
+        value = value.item() if value.shape == () else value.tolist()
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def load_tfds(name: str, split: str, data_dir: str | None = None) -> tuple[list[QAExample], str]:
+    """(examples, version) of TFDS `squad/v1.1` or `squad/v2.0` through `tfds.data_source`
+    (array_record files, no TensorFlow), checked as the JSON reader checks a file."""
+    import tensorflow_datasets as tfds
+
+    source = tfds.data_source(
+        name, split=split, data_dir=data_dir, builder_kwargs={"file_format": "array_record"}
+    )
+    paragraphs = []
+    for i in range(len(source)):
+        row = source[i]
+        answers = row.get("answers") or {}
+        texts = [_str(t) for t in np.atleast_1d(answers.get("text", []))]
+        starts = [int(s) for s in np.atleast_1d(answers.get("answer_start", []))]
+        qa = {
+            "id": _str(row["id"]),
+            "question": _str(row["question"]),
+            "answers": [{"text": t, "answer_start": s} for t, s in zip(texts, starts, strict=True)],
+        }
+        if "is_impossible" in row:
+            qa["is_impossible"] = bool(np.asarray(row["is_impossible"]).item())
+        paragraphs.append({"context": _str(row["context"]), "qas": [qa]})
+    if not paragraphs:
+        raise SquadDataError(f"tfds {name} {split}: no rows (empty split)")
+    version = "2.0" if "v2" in name else "1.1"
+    examples, found = parse_squad({"version": version, "data": [{"paragraphs": paragraphs}]},
+                                  f"tfds {name} {split}")  # fmt: skip
+    return examples, found

@@ -59,8 +59,12 @@ _NEXT_ID = itertools.count(1)
 
 
 def _read(config: ml_collections.ConfigDict, key: str, limit: int):
-    path = config.data[key]
-    examples, version = squad.read_squad_json(path)
+    data = config.data
+    if data.tfds_name:  # TFDS squad/v1.1 or squad/v2.0 (array_record)
+        split = data.train_split if key == "train_file" else data.validation_split
+        examples, version = squad.load_tfds(data.tfds_name, split, data.tfds_data_dir or None)
+    else:
+        examples, version = squad.read_squad_json(data[key])
     if limit > 0:
         examples = examples[:limit]
     if config.data.version_2_with_negative == "auto":
@@ -94,14 +98,16 @@ def _model_config(config, vocab_size):
 
 
 def build_data(config: ml_collections.ConfigDict, host: HostInfo) -> TaskData:
-    if not config.data.train_file:
+    if config.data.tfds_name and (config.data.train_file or config.data.validation_file):
+        raise ValueError("set config.data.tfds_name or the train/validation files, not both")
+    if not (config.data.train_file or config.data.tfds_name):
         raise ValueError("config.data.train_file is empty: name a SQuAD JSON file")
     tokenizer = finetune.resolve_tokenizer(config)
     cfg = _model_config(config, tokenizer.vocab_size)
     train_examples, version = _read(config, "train_file", config.data.max_train_examples)
     train, train_stats = _featurize(config, train_examples, tokenizer, True, "train")
     eval_sets: dict[str, dict[str, np.ndarray]] = {}
-    if config.data.validation_file:
+    if config.data.validation_file or (config.data.tfds_name and config.data.validation_split):
         examples, eval_version = _read(config, "validation_file", config.data.max_eval_examples)
         feats, _ = _featurize(config, examples, tokenizer, False, "eval")
         set_id = next(_NEXT_ID)
@@ -236,8 +242,10 @@ def eval_summary(config, outputs: dict[str, np.ndarray]) -> dict[str, float]:
 
 
 def best_metric(config: ml_collections.ConfigDict) -> tuple[str, str] | None:
-    """eval/f1 (the official F1), or config.best_metric; None without a validation file."""
-    if not config.data.validation_file:
+    """eval/f1 (the official F1), or config.best_metric; None without a validation set."""
+    if not (
+        config.data.validation_file or (config.data.tfds_name and config.data.validation_split)
+    ):
         return None
     key = config.get("best_metric", "") or "eval/f1"
     return key, "min" if key.endswith("/loss") else "max"

@@ -79,7 +79,7 @@ def _write_tagged(path, n):
     lines = ["-DOCSTART- O", ""]
     for i in range(n):
         p, q = people[i % 4], places[(i // 4) % 4]
-        lines += [f"{p} I-PER", "went O", "to O", f"{q} I-LOC", ". O", ""]  # IOB1 tags
+        lines += [f"{p} I-PER", "Smith I-PER", "went O", "to O", f"{q} I-LOC", ". O", ""]  # IOB1
     path.write_text("\n".join(lines))
     return str(path)
 
@@ -115,7 +115,7 @@ def test_ner_config_trains_evaluates_and_predicts(tmp_path, minilm_dir):
     assert manifest["label_names"] == ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
 
     texts = tmp_path / "texts.jsonl"
-    texts.write_text(json.dumps({"text": "Carol went to Oslo."}) + "\n")
+    texts.write_text(json.dumps({"text": "Carol Smith went to Oslo."}) + "\n")
     out = tmp_path / "entities.jsonl"
     flags.FLAGS.unparse_flags()
     predict._define_flags() if "workdir" not in flags.FLAGS else None
@@ -123,4 +123,25 @@ def test_ner_config_trains_evaluates_and_predicts(tmp_path, minilm_dir):
     predict.main(["predict"])
     (row,) = [json.loads(x) for x in out.read_text().splitlines()]
     got = [(e["type"], e["start"], e["end"], e["text"]) for e in row["entities"]]
-    assert got == [("PER", 0, 5, "Carol"), ("LOC", 14, 18, "Oslo")]
+    assert got == [("PER", 0, 11, "Carol Smith"), ("LOC", 20, 24, "Oslo")]
+
+
+def test_span_prediction_inputs_name_file_and_line(tmp_path):
+    from bertjax import predict_spans
+    from bertjax.inference import ner as ner_inference
+
+    bad = tmp_path / "in.jsonl"
+    bad.write_text('{"text": "a"}\n\n{"text": \n')
+    with pytest.raises(predict_spans.InputError, match=r"in.jsonl:3: not valid JSON"):
+        predict_spans.read_jsonl(str(bad))
+    bad.write_text('{"text": "a"}\n[1]\n')
+    with pytest.raises(predict_spans.InputError, match=r"in.jsonl:2: expected a JSON object"):
+        predict_spans.read_jsonl(str(bad))
+    with pytest.raises(predict_spans.InputError, match=r"f.jsonl:4: no field 'question'"):
+        predict_spans._text("f.jsonl", 4, {"q": "x"}, "question")
+    # words keep their character spans; punctuation splits off, inner hyphens stay
+    text = "Jean-Luc went to the U.S., didn't he?"
+    words = ner_inference.split_words(text)
+    assert [w for w, _, _ in words][:4] == ["Jean-Luc", "went", "to", "the"]
+    assert all(text[s:e] == w for w, s, e in words)
+    assert "didn't" in [w for w, _, _ in words]

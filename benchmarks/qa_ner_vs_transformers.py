@@ -87,7 +87,7 @@ def run_bertjax(args: argparse.Namespace) -> dict:
             "data.max_train_examples": args.max_train,
             "data.max_eval_examples": args.max_eval,
             "data.doc_stride": args.doc_stride,
-            "eval_every": -1,  # only the final evaluation (as the transformers side)
+            "eval_every": 10**9,  # only the final evaluation (as the transformers side)
         }
         eval_set = "eval"
     else:
@@ -97,7 +97,7 @@ def run_bertjax(args: argparse.Namespace) -> dict:
             "data.test_file": str(CONLL / "test.txt"),
             "data.max_train_sentences": args.max_train,
             "data.max_eval_sentences": args.max_eval,
-            "eval_every": -1,
+            "eval_every": 10**9,
         }
         eval_set = "test"
     config = config_lib.load(str(REPO / "configs" / f"{args.task}.py"), overrides)

@@ -112,7 +112,7 @@ def test_ner_config_trains_evaluates_and_predicts(tmp_path, minilm_dir):
     lines = (workdir / "predictions_eval.conll").read_text().split("\n\n")
     assert lines[0].splitlines()[0].split()[:2] == ["Alice", "B-PER"]
     manifest = json.loads((workdir / "run.json").read_text())
-    assert manifest["label_names"] == ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
+    assert manifest["label_names"] == ["O", "B-LOC", "B-PER", "I-PER"]
 
     texts = tmp_path / "texts.jsonl"
     texts.write_text(json.dumps({"text": "Carol Smith went to Oslo."}) + "\n")

@@ -209,3 +209,25 @@ def test_tfds_squad_rows_read_and_checked(monkeypatch):
     monkeypatch.setattr(tfds, "data_source", lambda name, **kw: rows)
     with pytest.raises(squad.SquadDataError, match=r"tfds squad/v1.1 train: question a2 answer 0"):
         squad.load_tfds("squad/v1.1", "train")
+
+
+def test_v2_files_read_unanswerable_questions_and_train_on_cls(minilm_dir, tmp_path):
+    doc = {"version": "v2.0", "data": [{"paragraphs": [{"context": "Paris is big.", "qas": [
+        {"id": "h", "question": "What is big?", "answers": [{"text": "Paris", "answer_start": 0}],
+         "is_impossible": False},
+        {"id": "n", "question": "What is small?", "answers": [], "is_impossible": True},
+    ]}]}]}  # fmt: skip
+    path = tmp_path / "v2.json"
+    path.write_text(json.dumps(doc))
+    examples, version = squad.read_squad_json(str(path))
+    assert version == "2.0" and examples[1].is_impossible and examples[1].answers == ()
+    feats, stats = squad.featurize(
+        examples, _tokenizer(minilm_dir), max_seq_length=24, doc_stride=8, max_query_length=8,
+        training=True,
+    )  # fmt: skip
+    # [CLS] what is big ? [SEP] paris: the answer at 6; the unanswerable question on [CLS]
+    assert list(feats["start_positions"]) == [6, 0] and stats.answer_outside_windows == 0
+    doc["data"][0]["paragraphs"][0]["qas"][1]["is_impossible"] = False
+    path.write_text(json.dumps(doc))
+    with pytest.raises(squad.SquadDataError, match="question n: no answers and not is_impossible"):
+        squad.read_squad_json(str(path))

@@ -7,6 +7,10 @@
     # Score a TSV (GLUE layout, or any TSV with a header and --text_a/--text_b) or a JSONL file:
     python -m bertjax.predict --workdir=runs/stsb --input=pairs.jsonl --output=preds.jsonl
 
+    # Question answering / NER runs: JSONL in ({"question","context"} / {"text"}), answers /
+    # entity spans with character offsets out (bertjax/predict_spans.py):
+    python -m bertjax.predict --workdir=runs/squad --input=qs.jsonl --output=answers.jsonl
+
     # GLUE submission files (STS-B.tsv, or MNLI-m.tsv + MNLI-mm.tsv + AX.tsv for MNLI):
     python -m bertjax.predict --workdir=runs/mnli --submission_dir=submission \
         --data_dir=glue_data          # (or omit --data_dir to read TFDS glue/TASK test splits)
@@ -278,6 +282,18 @@ def main(argv: Sequence[str]) -> None:
     from bertjax import inference
 
     manifest = inference.read_manifest(FLAGS.workdir)
+    if manifest["task"] in ("squad", "ner"):  # answers / entities with character offsets
+        from bertjax import predict_spans
+
+        if not (FLAGS.input and FLAGS.output):
+            raise SystemExit(f"a {manifest['task']} run needs --input and --output (.jsonl)")
+        run = inference.load_run(FLAGS.workdir, FLAGS.checkpoint)
+        rows = predict_spans.predict_file(
+            run, FLAGS.input, FLAGS.output, text_a=FLAGS.text_a, text_b=FLAGS.text_b,
+            batch_size=FLAGS.batch_size,
+        )  # fmt: skip
+        print(f"wrote {rows} predictions to {FLAGS.output}")
+        return
     glue_run = bool((manifest.get("data") or {}).get("glue_task"))
     if FLAGS.input and (not glue_run or FLAGS.input.endswith(".csv") or FLAGS.format):
         # The user's own file: every input field kept, plus label, score and probabilities.

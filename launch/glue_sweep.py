@@ -7,7 +7,10 @@ Runs `python -m bertjax.main --config=configs/glue.py:TASK` for every point of t
 (learning rate 5e-5, 4e-5, 3e-5, 2e-5 x batch 16, 32 x epochs 2, 3, 4; BERT paper appendix A.3)
 and every seed, `--jobs` at a time. With `--devices`, each job gets `--devices_per_job` of
 them through `--device_env` (CUDA_VISIBLE_DEVICES by default); without, jobs share the host
-(CPU). A run that finished before (its DONE file exists) is not run again, so an interrupted
+(CPU). SQuAD and NER sweep the same way (`--tasks=squad` or `--tasks=ner`, configs/squad.py /
+configs/ner.py, scored on eval/f1; pass their files with --config.data.train_file=... and
+--config.data.validation_file=..., in a sweep of their own since the overrides go to every run).
+A run that finished before (its DONE file exists) is not run again, so an interrupted
 sweep is resumed by launching it again.
 
 Selection, as the paper: for each task the setting whose dev score (the task's metric at the
@@ -40,6 +43,23 @@ PAPER_LEARNING_RATES = (5e-5, 4e-5, 3e-5, 2e-5)
 PAPER_BATCH_SIZES = (16, 32)
 PAPER_EPOCHS = (2, 3, 4)
 DONE_FILE = "DONE"
+SPAN_TASKS = ("squad", "ner")  # their own config files; selected on eval/f1
+
+
+def metric_key(task: str) -> str:
+    """The dev metric a task's settings are ranked on."""
+    if task in SPAN_TASKS:
+        return "eval/f1"
+    from bertjax.tasks import glue as glue_task
+
+    return glue_task.best_metric_key(glue.get_task(task))
+
+
+def config_arg(task: str) -> str:
+    """The --config of a task: configs/glue.py:TASK, or configs/squad.py / configs/ner.py."""
+    if task in SPAN_TASKS:
+        return str(REPO / "configs" / f"{task}.py")
+    return f"{REPO / 'configs' / 'glue.py'}:{task}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +89,8 @@ def plan(
     """Every (task, lr, batch, epochs, seed) of the grid, each with its own workdir."""
     runs = []
     for task in tasks:
-        name = glue.get_task(task).name  # unknown task -> error listing the valid ones
+        # an unknown task -> error listing the valid GLUE ones
+        name = task if task in SPAN_TASKS else glue.get_task(task).name
         for lr, bs, ep, seed in itertools.product(learning_rates, batch_sizes, epochs, seeds):
             workdir = out / name / f"lr{lr:g}_bs{bs}_ep{ep:g}" / f"seed{seed}"
             runs.append(Run(name, float(lr), int(bs), float(ep), int(seed), workdir))
@@ -82,7 +103,7 @@ def command(run: Run, init_from: str, extra: Sequence[str]) -> list[str]:
         sys.executable,
         "-m",
         "bertjax.main",
-        f"--config={REPO / 'configs' / 'glue.py'}:{run.task}",
+        f"--config={config_arg(run.task)}",
         f"--workdir={run.workdir}",
         f"--config.init_from={init_from}",
         f"--config.optim.learning_rate={run.learning_rate}",
@@ -158,8 +179,6 @@ def execute(
 
 def read_scores(workdir: pathlib.Path, score: str = "final") -> dict[str, float]:
     """The dev metrics of a run from its metrics.jsonl: of the last eval, or of its best one."""
-    from bertjax.tasks import glue as glue_task
-
     path = workdir / "metrics.jsonl"
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist (did the run start?)")
@@ -178,14 +197,12 @@ def read_scores(workdir: pathlib.Path, score: str = "final") -> dict[str, float]
         key = json.loads(run_file.read_text())["best_metric"]
     else:
         task = json.loads((workdir / "glue_run.json").read_text())["task"]
-        key = glue_task.best_metric_key(glue.get_task(task))
+        key = metric_key(task)
     return max(evals, key=lambda e: e[key])
 
 
 def summarise(runs: Sequence[Run], score: str = "final") -> tuple[list[dict], list[dict]]:
     """(one row per task: chosen setting and seed statistics, one row per finished run)."""
-    from bertjax.tasks import glue as glue_task
-
     run_rows, by_setting = [], {}
     for run in runs:
         if not (run.workdir / DONE_FILE).exists():
@@ -204,7 +221,7 @@ def summarise(runs: Sequence[Run], score: str = "final") -> tuple[list[dict], li
         by_setting.setdefault((run.task, run.setting), []).append(scores)
     task_rows = []
     for task in dict.fromkeys(r.task for r in runs):
-        key = glue_task.best_metric_key(glue.get_task(task))
+        key = metric_key(task)
         settings = {s: v for (t, s), v in by_setting.items() if t == task}
         if not settings:
             continue
@@ -274,7 +291,7 @@ def write_results(out: pathlib.Path, runs: Sequence[Run], score: str = "final") 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tasks", required=True, help="comma-separated GLUE tasks")
+    parser.add_argument("--tasks", required=True, help="comma-separated GLUE tasks, squad, ner")
     parser.add_argument("--init_from", required=True, help="pretrained checkpoint (HF or bertjax)")
     parser.add_argument("--out", required=True, type=pathlib.Path, help="sweep directory")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")

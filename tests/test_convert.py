@@ -263,8 +263,8 @@ def test_unsupported_model_type_names_it(tmp_path):
 
 
 def test_unsupported_architecture_names_it(tmp_path):
-    _, directory = hf_model("BertForTokenClassification", tmp_path)
-    with pytest.raises(ValueError, match="BertForTokenClassification"):
+    _, directory = hf_model("BertForMultipleChoice", tmp_path)
+    with pytest.raises(ValueError, match="BertForMultipleChoice"):
         from_hf(directory)
 
 

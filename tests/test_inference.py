@@ -51,7 +51,7 @@ def test_manifest_round_trip_and_errors_name_the_file_and_field(tmp_path):
     with pytest.raises(inference.ManifestError, match=r"bad/run\.json: not valid JSON"):
         inference.read_manifest(bad)
     for override, message in [
-        ({"task": "ner"}, "task 'ner' is not one of"),
+        ({"task": "summarize"}, "task 'summarize' is not one of"),
         ({"problem_type": "ranking"}, "problem_type 'ranking'"),
         ({"format_version": 2}, "format_version 2"),
         ({"tokenizer": {"type": "wordpiece"}}, "tokenizer.vocab_file is missing"),

@@ -1,7 +1,8 @@
 """Hugging Face BERT <-> bertjax: an explicit key map with the transposes spelled out.
 
-Handles BertModel, BertForPreTraining, BertForMaskedLM and BertForSequenceClassification
-checkpoints, with the "bert." prefix or without it (a bare BertModel such as all-MiniLM-L6-v2).
+Handles BertModel, BertForPreTraining, BertForMaskedLM, BertForSequenceClassification,
+BertForQuestionAnswering and BertForTokenClassification checkpoints, with the "bert." prefix
+or without it (a bare BertModel such as all-MiniLM-L6-v2).
 torch Linear stores weight [out, in]; bertjax kernels are [in, out], and the attention
 projections are split into heads: query/key/value [H, N, D] and out [N, D, H].
 """
@@ -24,7 +25,11 @@ ARCHITECTURE_TO_HEAD = {
     "BertForPreTraining": "pretraining",
     "BertForMaskedLM": "mlm",
     "BertForSequenceClassification": "classification",
+    "BertForQuestionAnswering": "question_answering",
+    "BertForTokenClassification": "token_classification",
 }
+# HF builds these without the pooler (add_pooling_layer=False).
+NO_POOLER_HEADS = ("mlm", "question_answering", "token_classification")
 HEAD_TO_ARCHITECTURE = {head: arch for arch, head in ARCHITECTURE_TO_HEAD.items()}
 
 HF_ACTIVATIONS = {
@@ -104,7 +109,7 @@ def key_map(cfg: ModelConfig, prefix: str = "bert.") -> list[Entry]:
         linear(f"{hf}intermediate.dense", (*jx, "mlp", "wi"), i, h)
         linear(f"{hf}output.dense", (*jx, "mlp", "wo"), h, i)
         norm(f"{hf}output.LayerNorm", (*jx, "mlp_layer_norm"))
-    if cfg.head != "mlm":  # HF BertForMaskedLM is built without the pooler
+    if cfg.head not in NO_POOLER_HEADS:
         linear(f"{p}pooler.dense", ("pooler", "dense"), h, h)
     if cfg.head in ("pretraining", "mlm"):
         linear("cls.predictions.transform.dense", ("mlm", "transform"), h, h)
@@ -112,8 +117,10 @@ def key_map(cfg: ModelConfig, prefix: str = "bert.") -> list[Entry]:
         entries.append(Entry("cls.predictions.bias", ("mlm", "bias"), (v,), (v,), "copy"))
     if cfg.head == "pretraining":
         linear("cls.seq_relationship", ("nsp",), 2, h)
-    if cfg.head == "classification":
+    if cfg.head in ("classification", "token_classification"):
         linear("classifier", ("classifier",), cfg.num_labels, h)
+    if cfg.head == "question_answering":
+        linear("qa_outputs", ("qa_outputs",), 2, h)
     return entries
 
 
@@ -131,8 +138,12 @@ def infer_head(tensors: Mapping[str, np.ndarray]) -> str:
         return "pretraining"
     if "cls.predictions.bias" in tensors:
         return "mlm"
+    if "qa_outputs.weight" in tensors:
+        return "question_answering"
     if "classifier.weight" in tensors:
-        return "classification"
+        # A token classifier is built without the pooler; a sequence classifier reads it.
+        has_pooler = any(k.endswith("pooler.dense.weight") for k in tensors)
+        return "classification" if has_pooler else "token_classification"
     return "encoder"
 
 
@@ -197,7 +208,7 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
         "position_embedding_type": "absolute",
         "tie_word_embeddings": True,
     }
-    if cfg.head == "classification":
+    if cfg.head in ("classification", "token_classification"):
         out["id2label"] = {str(k): f"LABEL_{k}" for k in range(cfg.num_labels)}
         out["label2id"] = {f"LABEL_{k}": k for k in range(cfg.num_labels)}
         if cfg.num_labels == 1:
@@ -238,6 +249,10 @@ def from_hf(
     cfg = config_from_hf(hf_config, **{"head": ckpt_head, **overrides})
 
     entries = key_map(cfg, prefix)
+    if ckpt_head in NO_POOLER_HEADS and cfg.head not in NO_POOLER_HEADS:
+        # The backbone of a QA / token-tagging / MLM checkpoint has no pooler to give: the
+        # params come without one (fine-tuning starts it fresh, see tasks/finetune.py).
+        entries = [e for e in entries if e.path[0] != "pooler"]
     expected = {e.hf_name for e in entries}
     # Tensors the caller chose to drop by asking for a smaller head than the checkpoint's.
     droppable = set()

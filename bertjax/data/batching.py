@@ -109,12 +109,15 @@ def eval_rows(
 # ---------------------------------------------------------------------------------------------
 
 
-def take_rows(features: dict[str, np.ndarray], mine: np.ndarray) -> dict[str, np.ndarray]:
-    """A fine-tuning batch of rows `mine` (-1 = padding: zeros, weight 0)."""
+def take_rows(
+    features: dict[str, np.ndarray], mine: np.ndarray, keys: tuple[str, ...] = BATCH_KEYS
+) -> dict[str, np.ndarray]:
+    """A fine-tuning batch of rows `mine` (-1 = padding: zeros, weight 0) with `keys`
+    (token-level tasks carry other label keys, e.g. start/end positions or per-token tags)."""
     real = mine >= 0
     take = np.where(real, mine, 0)
-    batch = {key: features[key][take] for key in BATCH_KEYS}
-    for key in BATCH_KEYS:
+    batch = {key: features[key][take] for key in keys}
+    for key in keys:
         batch[key][~real] = 0
     batch["weights"] = real.astype(np.float32)
     return batch
@@ -130,9 +133,11 @@ class TrainIterator:
         seed: int,
         process_index: int = 0,
         process_count: int = 1,
+        keys: tuple[str, ...] = BATCH_KEYS,
     ):
         self._features = features
-        self._num = len(features["labels"])
+        self._keys = keys
+        self._num = len(features[keys[0]])
         self._order = EpochOrder(
             self._num, global_batch_size, seed, process_index, process_count, pad_last=True
         )
@@ -142,7 +147,7 @@ class TrainIterator:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
-        return take_rows(self._features, self._order.next_rows())
+        return take_rows(self._features, self._order.next_rows(), self._keys)
 
     def get_state(self) -> dict[str, Any]:
         return {**self._order.get_state(), "num_examples": self._num}
@@ -162,7 +167,9 @@ def eval_batches(
     global_batch_size: int,
     process_index: int = 0,
     process_count: int = 1,
+    keys: tuple[str, ...] = BATCH_KEYS,
 ) -> Iterator[dict[str, np.ndarray]]:
     """This host's eval batches in file order; the last one padded with weight-0 rows."""
-    for mine in eval_rows(len(features["labels"]), global_batch_size, process_index, process_count):
-        yield take_rows(features, mine)
+    num = len(features[keys[0]])
+    for mine in eval_rows(num, global_batch_size, process_index, process_count):
+        yield take_rows(features, mine, keys)

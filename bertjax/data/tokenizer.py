@@ -140,6 +140,18 @@ class WordPieceTokenizer:
             return []
         return [e.ids for e in self._impl.encode_batch(list(texts), add_special_tokens=False)]
 
+    def encode_batch_with_offsets(
+        self, texts: Sequence[str]
+    ) -> list[tuple[list[int], list[tuple[int, int]]]]:
+        """(ids, character spans [start, end) in the original text) of each text, no specials.
+
+        Question answering and tagging map tokens back to the text with these spans.
+        """
+        if not texts:
+            return []
+        out = self._impl.encode_batch(list(texts), add_special_tokens=False)
+        return [(e.ids, [tuple(o) for o in e.offsets]) for e in out]
+
     def convert_ids_to_tokens(self, ids: Iterable[int]) -> list[str]:
         return [self.vocab[int(i)] for i in ids]
 

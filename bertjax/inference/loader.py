@@ -101,7 +101,7 @@ def load_run(
     path = resolve_checkpoint(workdir, checkpoint)
     params = checkpointing.restore_params(path)
     label_names = manifest.get("label_names")
-    if label_names is not None and cfg.head == "classification":
+    if label_names is not None and cfg.head in ("classification", "token_classification"):
         if len(label_names) != cfg.num_labels:
             raise manifest_lib.ManifestError(
                 f"{workdir}: run.json has {len(label_names)} label_names but the model "

@@ -6,7 +6,7 @@ read it and the files it names, all inside the run directory, so a run directory
 another machine works with nothing else. Format version 1::
 
     {"format_version": 1,
-     "task": "classify" | "glue" | "bert_pretrain" | "causal_lm",       # config.task
+     "task": "classify" | "glue" | "bert_pretrain" | "causal_lm" | "squad" | "ner",
      "problem_type": "single_label" | "multi_label" | "regression" | null,
      "label_names": ["negative", "positive"] | null,   # index order of the logits
      "model": {...ModelConfig.to_dict()...},
@@ -34,7 +34,7 @@ LEGACY_GLUE_FILE = "glue_run.json"
 LEGACY_LM_FILE = "model_config.json"
 VOCAB_FILE = "vocab.txt"  # a WordPiece vocabulary, copied into the run directory
 BPE_DIR = "tokenizer"  # a byte-level BPE tokenizer's files, in the run directory
-TASKS = ("classify", "glue", "bert_pretrain", "causal_lm")
+TASKS = ("classify", "glue", "bert_pretrain", "causal_lm", "squad", "ner")
 PROBLEM_TYPES = ("single_label", "multi_label", "regression")
 REQUIRED = ("format_version", "task", "model", "tokenizer", "max_seq_length")
 

@@ -10,6 +10,8 @@ straight into a classifier (copy the `embeddings`, `encoder`, `pooler` sub-trees
     mlm/{transform, transform_layer_norm, bias}        (BertForPreTraining; decoder = word emb.^T)
     nsp                                                (BertForPreTraining)
     classifier                                         (BertForSequenceClassification)
+    qa_outputs                                         (BertForQuestionAnswering; no pooler)
+    classifier                                         (BertForTokenClassification; no pooler)
 """
 
 from __future__ import annotations
@@ -237,11 +239,46 @@ class BertForSequenceClassification(BertModel):
         return out
 
 
+class BertForQuestionAnswering(BertModel):
+    """BERT + a linear span head on every token, as HF BertForQuestionAnswering (no pooler):
+    "start_logits" and "end_logits" [B, T] float32."""
+
+    def setup(self) -> None:
+        BertModel.setup(self)
+        self.qa_outputs = layers.dense(self.cfg, 2, ("embed", "labels"), name="qa_outputs")
+
+    def __call__(self, batch: Batch, train: bool = False) -> dict[str, Array]:
+        out = self.encode(batch, train, pool=False)
+        logits = self.qa_outputs(out["hidden_states"]).astype(jnp.float32)
+        out["start_logits"], out["end_logits"] = logits[..., 0], logits[..., 1]
+        return out
+
+
+class BertForTokenClassification(BertModel):
+    """BERT + dropout + a linear tagger on every token, as HF BertForTokenClassification (no
+    pooler): "logits" [B, T, num_labels] float32."""
+
+    def setup(self) -> None:
+        BertModel.setup(self)
+        self.dropout = layers.Dropout(self.cfg.hidden_dropout)
+        self.classifier = layers.dense(
+            self.cfg, self.cfg.num_labels, ("embed", "labels"), name="classifier"
+        )
+
+    def __call__(self, batch: Batch, train: bool = False) -> dict[str, Array]:
+        out = self.encode(batch, train, pool=False)
+        hidden = self.dropout(out["hidden_states"], deterministic=not train)
+        out["logits"] = self.classifier(hidden).astype(jnp.float32)
+        return out
+
+
 HEAD_CLASSES: dict[str, type[BertModel]] = {
     "encoder": BertModel,
     "pretraining": BertForPreTraining,
     "mlm": BertForMaskedLM,
     "classification": BertForSequenceClassification,
+    "question_answering": BertForQuestionAnswering,
+    "token_classification": BertForTokenClassification,
 }
 
 

@@ -13,7 +13,15 @@ from typing import Any
 import jax.numpy as jnp
 
 MODEL_TYPES = ("bert", "gpt2")
-HEADS = ("encoder", "pretraining", "mlm", "classification", "causal_lm")
+HEADS = (
+    "encoder",
+    "pretraining",
+    "mlm",
+    "classification",
+    "question_answering",
+    "token_classification",
+    "causal_lm",
+)
 ACTIVATIONS = ("gelu", "gelu_new", "relu")
 # Rematerialisation policies by name; see `remat_policy()` in layers.py for what each keeps.
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")

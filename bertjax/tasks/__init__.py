@@ -18,6 +18,8 @@ _MODULES: dict[str, str] = {
     "glue": "bertjax.tasks.glue",
     "classify": "bertjax.tasks.classify",
     "causal_lm": "bertjax.tasks.causal_lm",
+    "squad": "bertjax.tasks.squad",
+    "ner": "bertjax.tasks.ner",
 }
 _REGISTRY: dict[str, Task] = {}
 

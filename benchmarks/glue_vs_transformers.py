@@ -18,6 +18,17 @@ one after the other; wall time is measured from model loading to the last eval.
 
 Each result is appended as one JSON line to --out, so an interrupted comparison keeps what it
 finished; --report prints the table of that file.
+
+--step_speed times the fine-tuning train step alone, side by side in one process:
+
+    python benchmarks/glue_vs_transformers.py --step_speed --task=sst2 --lengths=64,128
+
+bertjax's real jitted step (`train.build_trainer` on configs/glue.py: AdamW, clipping, the
+state donated) with the "auto" kernels and with kernels="xla" (attention dropout then takes the
+reference formula, the path before the CPU attention core had dropout), and transformers'
+plain-loop step (forward, backward, clip, AdamW, schedule), all float32, dropout 0.1 on hidden
+states and attention probabilities, on the same SST-2 batches, `--rounds` rounds of
+`--steps` steps each, the contenders alternating; the medians and ratios are printed.
 """
 
 from __future__ import annotations
@@ -174,6 +185,139 @@ def run_transformers(args: argparse.Namespace) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
+# Step speed, side by side
+# ---------------------------------------------------------------------------------------------
+
+
+def _bertjax_stepper(args: argparse.Namespace, length: int, kernels: str):
+    """(step(), name): one call = one real bertjax train step on the next SST-2 batch."""
+    import jax
+
+    from bertjax import config_lib, sharding, tasks, train
+
+    overrides = {
+        "init_from": _model_dir(),
+        "data.data_dir": args.data_dir,
+        "data.max_seq_length": length,
+        "batch_size": args.batch_size,
+        "num_train_epochs": 1.0,
+        "optim.learning_rate": args.lr,
+        "model.kernels": kernels,
+    }
+    config = config_lib.load(f"{REPO / 'configs' / 'glue.py'}:{args.task}", overrides)
+    task = tasks.get(config.task)
+    mesh = sharding.make_mesh(config.mesh, None)
+    workdir = tempfile.mkdtemp()
+    host = tasks.HostInfo(
+        seed=0,
+        process_index=0,
+        process_count=1,
+        local_batch_size=args.batch_size,
+        global_batch_size=args.batch_size,
+        workdir=workdir,
+    )
+    data = task.build_data(config, host)
+    model_cfg, model = task.build_model(config, data)
+    schedule = train.resolve_schedule(config, data.steps_per_epoch)
+    trainer = train.build_trainer(config, task, model_cfg, model, mesh, schedule)
+    compiled = trainer.step
+    state = {"s": trainer.init_state(jax.random.PRNGKey(0))}
+    state["s"]["params"] = trainer.place_params(
+        task.init_params(config, model_cfg, state["s"]["params"])
+    )
+
+    def step() -> None:
+        with trainer.context():
+            batch = sharding.global_batch(next(data.train), mesh, args.batch_size)
+            state["s"], metrics = compiled(state["s"], batch)
+            jax.block_until_ready(metrics)  # the loop fetches metrics every few steps only
+
+    return step, f"bertjax f32 kernels={kernels} ({model_cfg.dtype} compute)"
+
+
+def _torch_stepper(args: argparse.Namespace, length: int):
+    import torch
+    import transformers
+
+    from bertjax.data import glue
+
+    task = glue.get_task(args.task)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(_model_dir())
+    model = transformers.BertForSequenceClassification.from_pretrained(
+        _model_dir(), num_labels=task.num_labels
+    )
+    model.train()
+    examples = glue.load_tsv(task, args.data_dir, "train")
+    enc = tokenizer(
+        [e.text_a for e in examples],
+        [e.text_b for e in examples] if task.is_pair else None,
+        truncation="longest_first",
+        max_length=length,
+        padding="max_length",
+        return_tensors="pt",
+    )
+    labels = torch.tensor([e.label for e in examples])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, eps=1e-6, weight_decay=0.01)
+    scheduler = transformers.get_linear_schedule_with_warmup(optimizer, 10, 100_000)
+    position = {"i": 0}
+
+    def step() -> None:
+        i = position["i"] % (len(labels) - args.batch_size)
+        position["i"] += args.batch_size
+        rows = slice(i, i + args.batch_size)
+        out = model(
+            input_ids=enc["input_ids"][rows],
+            token_type_ids=enc["token_type_ids"][rows],
+            attention_mask=enc["attention_mask"][rows],
+            labels=labels[rows],
+        )
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+
+    return step, f"transformers {torch.__version__} float32 ({torch.get_num_threads()} threads)"
+
+
+def step_speed(args: argparse.Namespace) -> str:
+    """Markdown table: median steps/s per contender and length, and the ratios."""
+    import platform
+
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line),
+        platform.processor(),
+    )
+    out = [
+        f"step speed, {args.task}, batch {args.batch_size}, {args.rounds} rounds x "
+        f"{args.steps} steps (median), contenders alternating; CPU {cpu}, "
+        f"{os.cpu_count()} cores; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n",
+        "| length | contender | steps/s (median) | rounds | ratio to transformers |",
+        "|---|---|---|---|---|",
+    ]
+    for length in [int(x) for x in args.lengths.split(",")]:
+        steppers = [_bertjax_stepper(args, length, "auto"), _bertjax_stepper(args, length, "xla")]
+        steppers.append(_torch_stepper(args, length))
+        for step, _ in steppers:  # compile / warm up
+            for _ in range(args.warmup):
+                step()
+        rates: dict[str, list[float]] = {name: [] for _, name in steppers}
+        for _ in range(args.rounds):
+            for step, name in steppers:
+                start = time.perf_counter()
+                for _ in range(args.steps):
+                    step()
+                rates[name].append(args.steps / (time.perf_counter() - start))
+        medians = {name: statistics.median(r) for name, r in rates.items()}
+        base = medians[steppers[-1][1]]
+        for name, median in medians.items():
+            rounds = ", ".join(f"{r:.3f}" for r in rates[name])
+            out.append(f"| {length} | {name} | {median:.3f} | {rounds} | {median / base:.2f}x |")
+        print("\n".join(out), flush=True)
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------
 # Driver
 # ---------------------------------------------------------------------------------------------
 
@@ -238,6 +382,11 @@ def main() -> None:
     parser.add_argument("--data_dir", default=str(DATA))
     parser.add_argument("--out", default="/tmp/glue_vs_transformers.jsonl")
     parser.add_argument("--report", action="store_true")
+    parser.add_argument("--step_speed", action="store_true", help="time the train steps only")
+    parser.add_argument("--lengths", default="64,128", help="--step_speed: sequence lengths")
+    parser.add_argument("--rounds", type=int, default=5, help="--step_speed")
+    parser.add_argument("--steps", type=int, default=5, help="--step_speed: steps per round")
+    parser.add_argument("--warmup", type=int, default=2, help="--step_speed")
     parser.add_argument("--side", help=argparse.SUPPRESS)  # child process: run one side
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -245,6 +394,9 @@ def main() -> None:
 
     if args.report:
         print(report(pathlib.Path(args.out)))
+        return
+    if args.step_speed:
+        step_speed(args)
         return
     if args.side:  # child: one run, result as the last line of stdout
         run = run_bertjax if args.side == "bertjax" else run_transformers

@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from bertjax import models  # noqa: E402
-from bertjax.models import layers  # noqa: E402
+from bertjax.models import attention  # noqa: E402
 
 FAILED: list[str] = []
 
@@ -49,10 +49,10 @@ def attention_checks() -> None:
     padding = (jnp.arange(t)[None, :] < lengths[:, None]).astype(jnp.int32)
     segments = jnp.where(padding > 0, 1 + (jnp.arange(t)[None, :] >= lengths[:, None] // 2), 0)
     cases = {
-        "padding (BERT)": layers.AttentionMask(key_padding=padding),
-        "causal (GPT-2)": layers.AttentionMask(causal=True),
-        "causal + padding": layers.AttentionMask(key_padding=padding, causal=True),
-        "segments + padding (packed)": layers.AttentionMask(
+        "padding (BERT)": attention.AttentionMask(key_padding=padding),
+        "causal (GPT-2)": attention.AttentionMask(causal=True),
+        "causal + padding": attention.AttentionMask(key_padding=padding, causal=True),
+        "segments + padding (packed)": attention.AttentionMask(
             key_padding=padding, segment_ids=segments
         ),
     }
@@ -64,13 +64,13 @@ def attention_checks() -> None:
         row_cot = cot * real[:, :, None, None]
 
         def fast(q, k, v, mask=mask):
-            out = layers.fused_attention(
+            out = attention.fused_attention(
                 q.astype(jnp.bfloat16), k.astype(jnp.bfloat16), v.astype(jnp.bfloat16), mask, "auto"
             )
             return out.astype(jnp.float32)
 
         def ref(q, k, v, mask=mask):
-            return layers.reference_attention(q, k, v, mask.dense(t))
+            return attention.reference_attention(q, k, v, mask.dense(t))
 
         def loss(fn, row_cot=row_cot):
             return lambda q, k, v: jnp.sum(fn(q, k, v) * row_cot)
@@ -85,7 +85,7 @@ def attention_checks() -> None:
         gerr = max(rel_err(a, r) for a, r in zip(g_fast, g_ref, strict=True))
         hlo = jax.jit(jax.grad(loss(fast), argnums=(0, 1, 2))).lower(q, k, v).compile().as_text()
         uses_cudnn = "cudnn$fmha" in hlo or "__cudnn" in hlo
-        reason = layers.cudnn_unsupported_reason(q.astype(jnp.bfloat16), k, False)
+        reason = attention.cudnn_unsupported_reason(q.astype(jnp.bfloat16), k, False)
         where = "cuDNN" if uses_cudnn else f"XLA ({reason or 'no cuDNN call found'})"
         ok = finite and err < 2e-2 and gerr < 3e-2
         if jax.default_backend() == "gpu":

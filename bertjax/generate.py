@@ -228,7 +228,7 @@ def first_argmax(logits: Array, block: int = 1024) -> Array:
     unspecified index (XLA:CPU's max may skip NaNs).
     """
     batch, vocab = logits.shape
-    # Vocabulary-major: a decode step's head computes E h^T, [V, B] (see matmul.tied_logits),
+    # Vocabulary-major: a decode step's head computes E h^T, [V, B] (see kernels.tied_logits),
     # and XLA cancels this transpose against the head's; reading [B, V] rows instead would
     # transpose 32 x 50,257 floats (4 ms).
     by_vocab = logits.T

@@ -50,6 +50,7 @@ def get_config(task: str = "mrpc") -> ml_collections.ConfigDict:
     config.model.param_dtype = "float32"
     config.model.remat = "none"
     config.model.attention_impl = "auto"  # see bertjax/models/config.py
+    config.model.kernels = "auto"  # "auto" | "xla" | "cpu_bf16": see bertjax/kernels
 
     config.data = ml_collections.ConfigDict()
     config.data.task = glue_task.name

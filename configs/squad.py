@@ -31,6 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.param_dtype = "float32"
     config.model.remat = "none"
     config.model.attention_impl = "auto"
+    config.model.kernels = "auto"  # "auto" | "xla" | "cpu_bf16": see bertjax/kernels
 
     config.data = ml_collections.ConfigDict()
     config.data.train_file = ""  # SQuAD JSON (v1.1 or v2.0)

@@ -1,4 +1,4 @@
-"""bertjax.models.matmul: the canonical-layout bf16 path of XLA:CPU.
+"""bertjax.kernels (cpu_bf16): the canonical-layout bf16 path of XLA:CPU.
 
 The path must (1) compute what the plain formulas compute, values and gradients, and (2) keep
 every bf16 matmul of the forward AND backward pass in the layout XLA:CPU runs natively: a
@@ -8,6 +8,7 @@ training 1.7x slower (measured on the bert_cpu benchmark row), and only the HLO 
 
 from __future__ import annotations
 
+import functools
 import re
 
 import jax
@@ -15,8 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bertjax import models
-from bertjax.models import matmul
+from bertjax import kernels, models
+from bertjax.kernels import cpu_bf16
+from bertjax.models import attention
 
 BF16, F32 = jnp.bfloat16, jnp.float32
 
@@ -58,19 +60,19 @@ def _bf16_dots_not_upcast(hlo: str) -> list[str]:
 
 
 def test_the_path_is_taken_only_for_bf16_on_cpu():
-    assert matmul.use_canonical_matmuls(BF16)
-    assert not matmul.use_canonical_matmuls(F32)
+    assert kernels.canonical_matmuls("auto", BF16)
+    assert not kernels.canonical_matmuls("auto", F32)
 
 
 def test_materialized_transpose_is_a_transpose():
     a = _normal(0, (3, 5, 7, 2))
-    np.testing.assert_array_equal(matmul.materialized_transpose(a), jnp.swapaxes(a, -1, -2))
+    np.testing.assert_array_equal(cpu_bf16.materialized_transpose(a), jnp.swapaxes(a, -1, -2))
     perm = (0, 2, 1, 3)
-    np.testing.assert_array_equal(matmul.materialized_transpose(a, perm), jnp.transpose(a, perm))
+    np.testing.assert_array_equal(cpu_bf16.materialized_transpose(a, perm), jnp.transpose(a, perm))
 
 
 def _linear_loss(x, kernel, bias, g):
-    return jnp.sum(matmul.linear(x, kernel, bias, BF16).astype(F32) * g)
+    return jnp.sum(kernels.linear(x, kernel, bias, BF16).astype(F32) * g)
 
 
 def _linear_reference_loss(x, kernel, bias, g):
@@ -82,7 +84,7 @@ def _linear_reference_loss(x, kernel, bias, g):
 def test_linear_values_and_gradients_match_the_formula():
     x, kernel, bias = _normal(0, (4, 6, 32)), _normal(1, (32, 48)), _normal(2, (48,))
     g = _normal(3, (4, 6, 48))
-    y = matmul.linear(x, kernel, bias, BF16)
+    y = kernels.linear(x, kernel, bias, BF16)
     assert y.dtype == BF16 and y.shape == (4, 6, 48)
     _close(y, x.astype(BF16).astype(F32) @ kernel.astype(BF16).astype(F32) + bias, 1e-2)
     ours = jax.grad(_linear_loss, argnums=(0, 1, 2))(x, kernel, bias, g)
@@ -101,12 +103,12 @@ def test_tied_logits_values_and_gradients_match_the_formula(rows, dtype):
     tolerance = 1e-2 if dtype == BF16 else 1e-5
 
     def ours(x, table):
-        return jnp.sum(matmul.tied_logits(x, table, dtype) * g)
+        return jnp.sum(kernels.tied_logits(x, table, dtype) * g)
 
     def reference(x, table):
         return jnp.sum((x.astype(dtype).astype(F32) @ table.astype(dtype).astype(F32).T) * g)
 
-    logits = matmul.tied_logits(x, table, dtype)
+    logits = kernels.tied_logits(x, table, dtype)
     assert logits.dtype == F32
     _close(logits, x.astype(dtype).astype(F32) @ table.astype(dtype).astype(F32).T, tolerance)
     got, want = jax.grad(ours, (0, 1))(x, table), jax.grad(reference, (0, 1))(x, table)
@@ -138,7 +140,7 @@ def test_attention_values_and_gradients_match_jax_attention(mask_name):
         return jnp.sum(fn(q, k, v).astype(F32) * g)
 
     def ours(q, k, v):
-        return matmul.attention(q, k, v, mask)
+        return attention.cpu_attention(q, k, v, mask)
 
     def reference(q, k, v):
         return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
@@ -148,6 +150,38 @@ def test_attention_values_and_gradients_match_jax_attention(mask_name):
     want = jax.grad(lambda *a: loss(reference, *a), (0, 1, 2))(q, k, v)
     for a, b_ in zip(got, want, strict=True):
         _close(a, b_, 2e-2)
+
+
+@pytest.mark.parametrize("dtype", [F32, BF16])
+def test_attention_with_dropout_matches_the_reference_formula_with_the_same_mask(dtype):
+    """The CPU core drops the probabilities the reference formula drops, forward and backward."""
+    from bertjax.models import dropout
+
+    b, t, n, d = 2, 16, 3, 8
+    q, k, v = (_normal(i, (b, t, n, d), dtype) for i in range(3))
+    g = _normal(3, (b, t, n, d))
+    mask = _attention_masks(b, t)["padding_and_causal"]
+    keep, scale = dropout.keep_mask(jax.random.key(7), (b, n, t, t), 0.25)
+    assert 0.2 < 1 - float(jnp.mean(keep)) < 0.3
+
+    def ours(q, k, v):
+        return attention.cpu_attention(q, k, v, mask, keep, scale)
+
+    def reference(q, k, v):
+        drop = functools.partial(dropout.apply_keep, keep, scale)
+        return attention.reference_attention(q, k, v, mask, dropout=drop)
+
+    def loss(fn, q, k, v):
+        return jnp.sum(fn(q, k, v).astype(F32) * g)
+
+    tol = 1e-5 if dtype == F32 else 2e-2
+    _close(ours(q, k, v), reference(q, k, v), tol)
+    got = jax.grad(lambda *a: loss(ours, *a), (0, 1, 2))(q, k, v)
+    want = jax.grad(lambda *a: loss(reference, *a), (0, 1, 2))(q, k, v)
+    for a, b_ in zip(got, want, strict=True):
+        _close(a, b_, tol)
+    # ... and dropping changes the result (the mask is applied at all)
+    assert float(jnp.max(jnp.abs(ours(q, k, v) - attention.cpu_attention(q, k, v, mask)))) > 0.1
 
 
 def test_every_bf16_matmul_of_a_training_step_stays_on_the_fast_path():
@@ -181,7 +215,7 @@ def test_the_upcast_detector_sees_an_upcast_dot():
 def test_linear_decode_is_x_times_the_transposed_kernel(rows, dtype):
     # 1 and 5 rows take the (W^T x^T)^T branch (one bf16 row is doubled), 300 the block one.
     x, kernel_t, bias = _normal(0, (rows, 32)), _normal(1, (48, 32)), _normal(2, (48,))
-    y = matmul.linear_decode(x, kernel_t, bias, dtype)
+    y = kernels.linear_decode(x, kernel_t, bias, dtype)
     assert y.dtype == dtype and y.shape == (rows, 48)
     want = x.astype(dtype).astype(F32) @ kernel_t.astype(dtype).astype(F32).T + bias
     _close(y, want, 1e-2 if dtype == BF16 else 1e-5)

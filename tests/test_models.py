@@ -16,7 +16,7 @@ import pytest
 from flax.core import meta
 
 from bertjax import models
-from bertjax.models import layers
+from bertjax.models import attention, layers
 
 PARAM_AXES = {"vocab", "embed", "mlp", "heads", "kv", "position", "type_vocab", "norm", "labels"}
 
@@ -301,17 +301,17 @@ def test_segment_ids_isolate_packed_sequences():
     _, layer_apply, variables, x = layer_setup(pre_ln=False, t=10, b=1)
     seg = jnp.array([[1, 1, 1, 1, 2, 2, 2, 2, 2, 2]])
     for causal in (False, True):
-        mask = layers.make_attention_mask(10, causal=causal, segment_ids=seg)
+        mask = attention.make_attention_mask(10, causal=causal, segment_ids=seg)
         packed = layer_apply(variables, x, mask, True)
         for lo, hi in ((0, 4), (4, 10)):
-            alone_mask = layers.make_attention_mask(hi - lo, causal=causal)
+            alone_mask = attention.make_attention_mask(hi - lo, causal=causal)
             alone = layer_apply(variables, x[:, lo:hi], alone_mask, True)
             assert max_diff(packed[:, lo:hi], alone) < 1e-5
 
 
 def test_causal_mask_hides_the_future():
     _, layer_apply, variables, x = layer_setup(pre_ln=True)
-    mask = layers.make_attention_mask(10, causal=True)
+    mask = attention.make_attention_mask(10, causal=True)
     out = layer_apply(variables, x, mask, True)
     changed = layer_apply(variables, x.at[:, 6:].set(0.0), mask, True)
     assert max_diff(out[:, :6], changed[:, :6]) < 1e-6
@@ -326,7 +326,7 @@ class CausalStack(nn.Module):
 
     @nn.compact
     def __call__(self, x, decode_lengths=None):
-        mask = None if self.decode else layers.make_attention_mask(x.shape[1], causal=True)
+        mask = None if self.decode else attention.make_attention_mask(x.shape[1], causal=True)
         for i in range(self.cfg.num_layers):
             x = layers.TransformerLayer(self.cfg, pre_ln=True, decode=self.decode, name=f"l{i}")(
                 x, mask, True, decode_lengths

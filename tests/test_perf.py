@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bertjax import models, tasks
-from bertjax.models import layers
+from bertjax import kernels, models, tasks
+from bertjax.models import attention
 from bertjax.profiling import parse_profile_steps
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -48,7 +48,7 @@ def test_flop_formula_matches_the_matmuls_of_the_train_step(row):
     formula = train_speed.flops_per_step(row, batch_size)
     h, t, n = row.hidden, row.seq, batch_size * row.seq
     if row.family == "bert":
-        # The MLM bias gradient is a matmul with ones (layers.add_bias): 2 B P V, not model work.
+        # The MLM bias gradient is a matmul with ones (kernels.add_bias): 2 B P V, not model work.
         extra = 2 * batch_size * row.max_predictions * row.vocab
     else:
         # XLA's attention multiplies every (query, key) pair; causal MFU credits only those a
@@ -75,7 +75,7 @@ def test_add_bias_gradient_equals_autodiff():
     def f(add):
         return jax.grad(lambda x, b: jnp.sum(add(x, b) * cot), argnums=(0, 1))(x, bias)
 
-    fast = f(layers.add_bias)
+    fast = f(kernels.add_bias)
     plain = f(lambda x, b: x + b)
     for a, b in zip(fast, plain, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
@@ -87,21 +87,21 @@ def test_attention_mask_forms_and_auto_dispatch_on_cpu():
     padding = jnp.array([[1] * 8, [1] * 5 + [0] * 3])
     segments = jnp.array([[1, 1, 1, 2, 2, 2, 2, 2], [1, 1, 2, 2, 2, 0, 0, 0]])
     for mask in (
-        layers.AttentionMask(key_padding=padding),
-        layers.AttentionMask(causal=True),
-        layers.AttentionMask(key_padding=padding, segment_ids=segments, causal=True),
+        attention.AttentionMask(key_padding=padding),
+        attention.AttentionMask(causal=True),
+        attention.AttentionMask(key_padding=padding, segment_ids=segments, causal=True),
     ):
-        dense = layers.make_attention_mask(
+        dense = attention.make_attention_mask(
             t, mask.key_padding, causal=mask.causal, segment_ids=mask.segment_ids
         )
         np.testing.assert_array_equal(mask.dense(t), dense)
         for impl in ("auto", "xla"):
-            out = layers.fused_attention(q, k, v, mask, impl)
+            out = attention.fused_attention(q, k, v, mask, impl)
             np.testing.assert_allclose(
-                out, layers.reference_attention(q, k, v, dense), atol=1e-5, rtol=1e-5
+                out, attention.reference_attention(q, k, v, dense), atol=1e-5, rtol=1e-5
             )
     # On this CPU, "auto" is XLA and says why not cuDNN.
-    assert layers.cudnn_unsupported_reason(q.astype(jnp.bfloat16), k, False) is not None
+    assert attention.cudnn_unsupported_reason(q.astype(jnp.bfloat16), k, False) is not None
     assert models.get_config("tiny").attention_impl == "auto"
 
 

@@ -22,7 +22,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bertjax.models import layers, matmul
+from bertjax import kernels
+from bertjax.models import attention, layers
 from bertjax.models.config import ModelConfig
 
 Array = jax.Array
@@ -83,7 +84,10 @@ class BertEmbeddings(nn.Module):
 
     def attend(self, x: Array) -> Array:
         """x @ word_embeddings^T in the compute dtype, accumulated and returned in float32."""
-        return matmul.tied_logits(x, self.word_embeddings.embedding, self.cfg.compute_dtype)
+        cfg = self.cfg
+        return kernels.tied_logits(
+            x, self.word_embeddings.embedding, cfg.compute_dtype, cfg.kernels
+        )
 
 
 class BertEncoder(nn.Module):
@@ -93,7 +97,7 @@ class BertEncoder(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x: Array, mask: layers.AttentionMask | Array | None, deterministic: bool
+        self, x: Array, mask: attention.AttentionMask | Array | None, deterministic: bool
     ) -> Array:
         layer = layers.layer_class(self.cfg)
         for i in range(self.cfg.num_layers):
@@ -123,14 +127,14 @@ class BertMLMHead(nn.Module):
     def __call__(self, hidden: Array, embeddings: BertEmbeddings) -> Array:
         cfg = self.cfg
         h = layers.dense(cfg, cfg.hidden_size, ("embed", "mlp"), name="transform")(hidden)
-        h = layers.ACTIVATIONS[cfg.hidden_act](h)
+        h = layers.ACTIVATIONS[cfg.hidden_act](h, cfg.kernels)
         h = layers.LayerNorm(
             cfg.layer_norm_eps, cfg.compute_dtype, cfg.params_dtype, name="transform_layer_norm"
         )(h)
         bias = self.param(
             "bias", layers.zeros_init(("vocab",)), (cfg.vocab_size,), cfg.params_dtype
         )
-        logits = layers.add_bias(embeddings.attend(h), bias)
+        logits = kernels.add_bias(embeddings.attend(h), bias)
         return nn.with_logical_constraint(logits, ("act_batch", "act_length", "act_vocab"))
 
 
@@ -161,7 +165,7 @@ class BertModel(nn.Module):
         # (right-padded rows, as every bertjax pipeline and Hugging Face tokenizer make them).
         mask = None
         if batch.get("attention_mask") is not None or batch.get("segment_ids") is not None:
-            mask = layers.AttentionMask(
+            mask = attention.AttentionMask(
                 key_padding=batch.get("attention_mask"), segment_ids=batch.get("segment_ids")
             )
         hidden = self.encoder(x, mask, deterministic)

@@ -27,14 +27,19 @@ ACTIVATIONS = ("gelu", "gelu_new", "relu")
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "reference")
 DTYPES = ("float32", "bfloat16", "float16")
+# The compute dtype may also be "auto": bertjax.kernels.cpu_features.preferred_compute_dtype.
+COMPUTE_DTYPES = ("auto", *DTYPES)
+KERNELS = ("auto", "xla", "cpu_bf16")  # see bertjax/kernels/__init__.py
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Hyper-parameters of a Transformer model (BERT now, GPT-2 shares the same fields).
 
-    `dtype` is the compute dtype (matmul inputs, activations); `param_dtype` is the storage dtype
-    of the parameters. LayerNorm statistics, softmax and output logits are always float32.
+    `dtype` is the compute dtype (matmul inputs, activations; "auto": bf16 on accelerators and
+    on a CPU with AMX-BF16, float32 on other CPUs); `param_dtype` is the storage dtype of the
+    parameters. `kernels` picks the backend-specific kernels (`bertjax/kernels`). LayerNorm
+    statistics, softmax and output logits are always float32.
     """
 
     model_type: str = "bert"
@@ -59,12 +64,15 @@ class ModelConfig:
     remat: str = "none"
     # "auto": cuDNN flash attention (through jax.nn.dot_product_attention) on a CUDA GPU with
     # bf16/fp16 compute and a head dim it supports, bertjax's canonical-layout attention
-    # (models/matmul.py) for bf16 on a CPU, else "xla" (jax 0.10's implementation=None never
+    # (models/attention.py) for bf16 on a CPU, else "xla" (jax 0.10's implementation=None never
     # picks cuDNN by itself); "xla": XLA's attention on any platform; "cudnn": force
     # cuDNN (errors where unsupported); "reference": the plain einsum formula. Training with
-    # attention_dropout > 0 always takes the reference path, since the fused kernels have no
-    # dropout on attention probabilities: set it to 0 for the fast path.
+    # attention_dropout > 0 takes the CPU attention core on a CPU ("auto"/"cpu_bf16" kernels),
+    # the reference formula elsewhere (the fused GPU kernels have no dropout).
     attention_impl: str = "auto"
+    # "auto" | "xla" | "cpu_bf16": the kernel set of the matmuls, GELU and KV cache
+    # (bertjax/kernels: "auto" = "cpu_bf16" on a CPU backend, "xla" elsewhere).
+    kernels: str = "auto"
 
     def __post_init__(self) -> None:
         def check(name: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -76,7 +84,8 @@ class ModelConfig:
         check("hidden_act", self.hidden_act, ACTIVATIONS)
         check("remat", self.remat, REMAT_POLICIES)
         check("attention_impl", self.attention_impl, ATTENTION_IMPLS)
-        check("dtype", self.dtype, DTYPES)
+        check("dtype", self.dtype, COMPUTE_DTYPES)
+        check("kernels", self.kernels, KERNELS)
         check("param_dtype", self.param_dtype, DTYPES)
         for name in (
             "vocab_size",
@@ -102,6 +111,13 @@ class ModelConfig:
 
     @property
     def compute_dtype(self) -> jnp.dtype:
+        """The compute dtype, "auto" resolved for this host (backend and CPU flags)."""
+        if self.dtype == "auto":
+            import jax
+
+            from bertjax.kernels import cpu_features
+
+            return jnp.dtype(cpu_features.preferred_compute_dtype(jax.default_backend()))
         return jnp.dtype(self.dtype)
 
     @property

@@ -24,7 +24,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bertjax.models import layers, matmul
+from bertjax import kernels
+from bertjax.models import attention, layers
 from bertjax.models.config import ModelConfig
 
 Array = jax.Array
@@ -80,11 +81,11 @@ class GPTLMHeadModel(nn.Module):
             padding, segments = batch.get("attention_mask"), batch.get("segment_ids")
             if padding is None:
                 # Structured, so that a fused kernel (cuDNN) can use is_causal and skip blocks.
-                mask = layers.AttentionMask(segment_ids=segments, causal=True)
+                mask = attention.AttentionMask(segment_ids=segments, causal=True)
             else:
                 # Dense: a padding mask may be left padding (as for Hugging Face generation),
                 # which the fused path's per-row key lengths cannot express.
-                mask = layers.make_attention_mask(
+                mask = attention.make_attention_mask(
                     length, padding, causal=True, segment_ids=segments
                 )
 
@@ -111,7 +112,9 @@ class GPTLMHeadModel(nn.Module):
         else:
             hidden_for_logits = hidden
         # Tied head: logits = h @ E^T, matmul in the compute dtype, accumulated in float32.
-        logits = matmul.tied_logits(hidden_for_logits, word_embeddings.embedding, cfg.compute_dtype)
+        logits = kernels.tied_logits(
+            hidden_for_logits, word_embeddings.embedding, cfg.compute_dtype, cfg.kernels
+        )
         logits = nn.with_logical_constraint(logits, ("act_batch", "act_length", "act_vocab"))
         return {"hidden_states": hidden, "logits": logits}
 

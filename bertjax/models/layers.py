@@ -8,6 +8,9 @@ Written from the formulas of "Attention Is All You Need" (Vaswani et al. 2017):
     FFN(x)             = act(x W_1 + b_1) W_2 + b_2
     LayerNorm(x)       = (x - mean) / sqrt(var + eps) * gamma + beta
 
+The backend-specific kernels (XLA:CPU's bf16 layouts and friends) are in `bertjax/kernels`,
+chosen by `ModelConfig.kernels`; the attention implementations in `attention.py`.
+
 Every parameter names its logical axes (`nn.with_logical_partitioning`) and the main activations
 carry `nn.with_logical_constraint`, so `bertjax/sharding.py` can map them onto any mesh. Parameters
 are stored in `param_dtype`; matmuls run in `dtype`; LayerNorm statistics, softmax and logits are
@@ -16,20 +19,19 @@ float32 whatever `dtype` is.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
-import flax.struct
 import jax
 import jax.numpy as jnp
-from absl import logging
 from jax import lax
 
-from bertjax.models import matmul
+from bertjax import kernels
+from bertjax.models import attention
 from bertjax.models.config import ModelConfig
+from bertjax.models.dropout import Dropout
 
 Array = jax.Array
 
@@ -39,31 +41,11 @@ ACT_BTNK = ("act_batch", "act_length", "act_heads", "act_kv")
 ACT_BTM = ("act_batch", "act_length", "act_mlp")
 
 
-# On a CPU the two GELUs are computed in float32 whatever x's dtype: there jax.nn.gelu in bf16
-# is 2.5-3.5x slower (forward and gradient; 6% of the bert_cpu train step), and the erf form is
-# faster than jax's erfc form in float32 too. On accelerators jax.nn.gelu, which XLA fuses in
-# the compute dtype (float32 intermediates there would double the GELU's saved activations).
-def _gelu_erf(x: Array) -> Array:
-    """BERT's exact GELU, x Phi(x) = x/2 (1 + erf(x / sqrt 2)) (Hugging Face BERT's formula)."""
-    if jax.default_backend() != "cpu":
-        return jax.nn.gelu(x, approximate=False)
-    x32 = x.astype(jnp.float32)
-    return (x32 * 0.5 * (1.0 + lax.erf(x32 * (1 / math.sqrt(2))))).astype(x.dtype)
-
-
-def _gelu_tanh(x: Array) -> Array:
-    """GPT-2's "gelu_new": x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
-    if jax.default_backend() != "cpu":
-        return jax.nn.gelu(x, approximate=True)
-    x32 = x.astype(jnp.float32)
-    inner = math.sqrt(2 / math.pi) * (x32 + 0.044715 * x32**3)
-    return (0.5 * x32 * (1.0 + jnp.tanh(inner))).astype(x.dtype)
-
-
-ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
-    "gelu": _gelu_erf,  # BERT
-    "gelu_new": _gelu_tanh,  # GPT-2
-    "relu": jax.nn.relu,
+ACTIVATIONS: dict[str, Callable[[Array, str], Array]] = {
+    # (x, kernels) -> act(x); the GELUs' form depends on the kernel set (bertjax/kernels).
+    "gelu": lambda x, k: kernels.gelu(x, approximate=False, kernels=k),  # BERT: x Phi(x)
+    "gelu_new": lambda x, k: kernels.gelu(x, approximate=True, kernels=k),  # GPT-2: tanh form
+    "relu": lambda x, k: jax.nn.relu(x),
 }
 
 
@@ -118,7 +100,7 @@ def zeros_init(names: tuple[str, ...]) -> nn.initializers.Initializer:
 class Dense(nn.Module):
     """x @ kernel + bias over the trailing `axis` dims of x: `nn.DenseGeneral`'s parameters
     (kernel [in..., out...], bias [out...]), its initialisation and its maths, computed by
-    `matmul.linear` (which keeps bf16 matmuls on XLA:CPU's fast path)."""
+    `kernels.linear` (which keeps bf16 matmuls on XLA:CPU's fast path)."""
 
     cfg: ModelConfig
     features: tuple[int, ...]
@@ -141,7 +123,7 @@ class Dense(nn.Module):
             init = nn.initializers.truncated_normal(stddev=cfg.initializer_range)
             kernel_t = self.param("kernel", init, (n, k), cfg.params_dtype)
             bias = self.param("bias", nn.initializers.zeros, self.features, cfg.params_dtype)
-            y = matmul.linear_decode(x, kernel_t, bias.reshape(n), cfg.compute_dtype)
+            y = kernels.linear_decode(x, kernel_t, bias.reshape(n), cfg.compute_dtype, cfg.kernels)
             return y.reshape(*y.shape[:-1], *self.features)
         kernel = self.param(
             "kernel", kernel_init(cfg, self.names), in_shape + self.features, cfg.params_dtype
@@ -149,7 +131,7 @@ class Dense(nn.Module):
         bias = self.param(
             "bias", zeros_init(self.names[len(in_shape) :]), self.features, cfg.params_dtype
         )
-        y = matmul.linear(x, kernel.reshape(k, n), bias.reshape(n), cfg.compute_dtype)
+        y = kernels.linear(x, kernel.reshape(k, n), bias.reshape(n), cfg.compute_dtype, cfg.kernels)
         return y.reshape(*y.shape[:-1], *self.features)
 
 
@@ -196,59 +178,6 @@ def dense(
     )
 
 
-class Dropout(nn.Module):
-    """Inverted dropout (the "dropout" RNG stream); identity when `deterministic` or rate 0.
-
-    As `nn.Dropout`, but each element's coin is 16 random bits (two per 32-bit word of the
-    generator) compared with round(rate * 2^16): half the threefry work, 3.1 instead of 6.9 ms
-    per 1M-element mask on a 2-core Xeon, +5% on the bert_cpu train step. The drop probability
-    is then round(rate * 2^16) / 2^16 (0.1 -> 0.100006), and the kept elements are scaled by
-    the inverse of the exact keep probability, so the expectation is unchanged.
-    """
-
-    rate: float
-
-    @nn.compact
-    def __call__(self, x: Array, deterministic: bool) -> Array:
-        if deterministic or self.rate == 0.0:
-            return x
-        threshold = min(round(self.rate * 2**16), 2**16)
-        if threshold == 0:  # a rate under 2^-17 drops nothing at 16-bit resolution
-            return x
-        if threshold == 2**16:
-            return jnp.zeros_like(x)
-        n = x.shape[-1]
-        words = jax.random.bits(self.make_rng("dropout"), (*x.shape[:-1], (n + 1) // 2))
-        low, high = words & 0xFFFF, words >> 16
-        keep = jnp.concatenate([low >= threshold, high >= threshold], axis=-1)[..., :n]
-        return jnp.where(keep, x / (1.0 - threshold / 2**16), 0).astype(x.dtype)
-
-
-@jax.custom_vjp
-def add_bias(x: Array, bias: Array) -> Array:
-    """x + bias over the last axis, whose gradient for `bias` is a matmul with ones.
-
-    Autodiff would sum the incoming gradient over the leading axes with a reduce; for the MLM
-    bias ([B*P, 30522] -> [30522]) XLA:CPU's column reduction takes ~140 ms where the same sum
-    as a matmul takes ~6 ms (measured on this project's 2-core Xeon, jax 0.10.2); on GPU and
-    TPU the two cost about the same.
-    """
-    return x + bias.astype(x.dtype)
-
-
-def _add_bias_fwd(x: Array, bias: Array) -> tuple[Array, Array]:
-    return add_bias(x, bias), bias
-
-
-def _add_bias_bwd(bias: Array, g: Array) -> tuple[Array, Array]:
-    rows = g.reshape(-1, g.shape[-1])
-    dbias = jnp.ones((rows.shape[0],), rows.dtype) @ rows
-    return g, dbias.astype(bias.dtype)
-
-
-add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
-
-
 class LayerNorm(nn.Module):
     """LayerNorm over the last axis; statistics in float32, output in the compute dtype.
 
@@ -276,189 +205,6 @@ class LayerNorm(nn.Module):
         y = (x - mean) * lax.rsqrt(var + self.eps)
         y = y * scale.astype(jnp.float32) + bias.astype(jnp.float32)
         return y.astype(self.dtype)
-
-
-def make_attention_mask(
-    query_length: int,
-    key_padding: Array | None = None,
-    *,
-    causal: bool = False,
-    segment_ids: Array | None = None,
-) -> Array | None:
-    """A boolean attention mask [B or 1, 1, Tq, Tk]: True where a query may attend a key.
-
-    key_padding: [B, Tk], 1/True = real token (the HF `attention_mask`). Only KEYS are masked:
-      padded query rows still get (meaningless) outputs, exactly as in the HF reference.
-    causal: query t sees keys s <= t (self-attention, Tq == Tk).
-    segment_ids: [B, T] for packed sequences; tokens attend only within their own segment id.
-    Returns None when nothing is masked.
-    """
-    masks = []
-    if key_padding is not None:
-        masks.append(key_padding.astype(bool)[:, None, None, :])
-    if causal:
-        t = jnp.arange(query_length)
-        masks.append((t[None, :] <= t[:, None])[None, None])
-    if segment_ids is not None:
-        masks.append(segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
-    if not masks:
-        return None
-    mask = masks[0]
-    for m in masks[1:]:
-        mask = jnp.logical_and(mask, m)
-    return mask
-
-
-@flax.struct.dataclass
-class AttentionMask:
-    """What may attend to what, kept structured so that fused kernels can skip masked blocks.
-
-    key_padding: [B, S], 1/True = real token (HF `attention_mask`); only keys are masked.
-    segment_ids: [B, T] for packed rows; attention stays within equal ids.
-    causal: query t sees keys s <= t.
-
-    `dense(T)` is the boolean [B or 1, 1, T, S] mask of `make_attention_mask` (XLA and reference
-    paths). The cuDNN path instead passes `causal` as is_causal, the padding as per-row key
-    lengths (rows must then be right-padded, as every bertjax pipeline makes them) and only the
-    segment mask, when there is one, as a dense mask.
-    """
-
-    key_padding: Array | None = None
-    segment_ids: Array | None = None
-    causal: bool = flax.struct.field(pytree_node=False, default=False)
-
-    def dense(self, query_length: int) -> Array | None:
-        return make_attention_mask(
-            query_length, self.key_padding, causal=self.causal, segment_ids=self.segment_ids
-        )
-
-
-def dense_mask(mask: AttentionMask | Array | None, query_length: int) -> Array | None:
-    """A boolean [B|1, 1, T, S] mask (or None) from either form of mask."""
-    if isinstance(mask, AttentionMask):
-        return mask.dense(query_length)
-    return mask
-
-
-@functools.cache
-def _cudnn_available() -> bool:
-    """Whether jax can run cuDNN fused attention here (a CUDA GPU backend with cuDNN)."""
-    if jax.default_backend() != "gpu":
-        return False
-    try:  # jax's own check (a private module: if it moved, trust the CUDA plugin's cuDNN)
-        from jax._src.cudnn import fused_attention_stablehlo as cudnn_attention
-
-        check = cudnn_attention.check_cudnn_version
-    except (ImportError, AttributeError):
-        return True
-    try:
-        check()
-    except Exception as e:  # no cuDNN (e.g. a ROCm backend)
-        logging.warning("cuDNN fused attention unavailable (%s); using the XLA attention", e)
-        return False
-    return True
-
-
-def cudnn_unsupported_reason(q: Array, k: Array, has_dense_mask: bool) -> str | None:
-    """Why cuDNN flash attention cannot take these inputs, or None when it can.
-
-    Mirrors jax's own checks (jax/_src/cudnn/fused_attention_stablehlo.py,
-    check_is_flash_attention), so that "auto" never picks cuDNN for a shape that would fail
-    at compile time: bf16/fp16 inputs, head dim a multiple of 8 and <= 128, and even sequence
-    lengths when a mask has to be passed as a bias.
-    """
-    if not _cudnn_available():
-        return "no CUDA GPU with cuDNN"
-    if q.dtype not in (jnp.bfloat16, jnp.float16):
-        return f"compute dtype {q.dtype} (cuDNN needs bfloat16 or float16)"
-    head_dim = q.shape[-1]
-    if head_dim % 8 or head_dim > 128:
-        return f"head dim {head_dim} (cuDNN needs a multiple of 8, <= 128)"
-    if has_dense_mask and (q.shape[1] % 2 or k.shape[1] % 2):
-        return f"odd sequence lengths {q.shape[1]}, {k.shape[1]} with a mask bias"
-    return None
-
-
-def fused_attention(
-    q: Array, k: Array, v: Array, mask: AttentionMask | Array | None, impl: str
-) -> Array:
-    """softmax(Q K^T / sqrt(d)) V through `jax.nn.dot_product_attention`; q,k,v: [B, T, N, D].
-
-    impl "cudnn": cuDNN flash attention (GPU, bf16/fp16; errors otherwise); "auto": cuDNN
-    when `cudnn_unsupported_reason` finds nothing against it, else `matmul.attention` for bf16
-    on a CPU (XLA:CPU's fast bf16 layout), else XLA's; "xla": XLA's attention (the einsum
-    formula, compiled for any platform).
-    """
-    structured = isinstance(mask, AttentionMask)
-    has_dense = (mask is not None and not structured) or (
-        structured and mask.segment_ids is not None
-    )
-    use_cudnn = impl == "cudnn"
-    if impl == "auto":
-        reason = cudnn_unsupported_reason(q, k, has_dense)
-        use_cudnn = reason is None
-        if reason is not None and _cudnn_available():
-            logging.log_first_n(logging.WARNING, "attention: not cuDNN because of %s", 1, reason)
-    if not use_cudnn:
-        if impl == "auto" and matmul.use_canonical_matmuls(q.dtype):
-            return matmul.attention(q, k, v, dense_mask(mask, q.shape[1]))
-        return jax.nn.dot_product_attention(
-            q, k, v, mask=dense_mask(mask, q.shape[1]), implementation="xla"
-        )
-    if not structured:
-        return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
-    kv_lengths = None
-    if mask.key_padding is not None:
-        # Per-row key lengths; exact for right-padded rows (every bertjax pipeline's layout).
-        kv_lengths = jnp.sum(mask.key_padding.astype(jnp.int32), axis=-1)
-    segment = None
-    if mask.segment_ids is not None:
-        segment = AttentionMask(segment_ids=mask.segment_ids).dense(q.shape[1])
-    return jax.nn.dot_product_attention(
-        q,
-        k,
-        v,
-        mask=segment,
-        is_causal=mask.causal,
-        key_value_seq_lengths=kv_lengths,
-        implementation="cudnn",
-    )
-
-
-def reference_attention(
-    q: Array,
-    k: Array,
-    v: Array,
-    mask: Array | None,
-    *,
-    dropout: Callable[[Array], Array] | None = None,
-) -> Array:
-    """softmax(Q K^T / sqrt(d_k)) V with the mask, in plain einsums; q,k,v: [B, T, N, D].
-
-    Scores and softmax are float32; attention-probability dropout (BERT's
-    attention_probs_dropout_prob) is applied when `dropout` is given.
-    """
-    scale = 1.0 / jnp.sqrt(jnp.float32(q.shape[-1]))
-    scores = jnp.einsum("btnd,bsnd->bnts", q, k, preferred_element_type=jnp.float32) * scale
-    if mask is not None:
-        # A large finite negative (not -inf) keeps fully masked rows finite, as in the HF model.
-        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1)
-    if dropout is not None:
-        probs = dropout(probs)
-    return jnp.einsum("bnts,bsnd->btnd", probs.astype(v.dtype), v)
-
-
-def cached_attention(q: Array, keys: Array, values: Array, mask: Array) -> Array:
-    """Attention of new queries q [B, L, N, D] over a KV cache keys/values [B, N, S, D].
-
-    mask [B, 1, L, S]: True where query i of row b may see cache slot s. Returns [B, L, N, D].
-    """
-    scale = 1.0 / jnp.sqrt(jnp.float32(q.shape[-1]))
-    scores = jnp.einsum("btnd,bnsd->bnts", q, keys, preferred_element_type=jnp.float32) * scale
-    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1)
-    return jnp.einsum("bnts,bnsd->btnd", probs.astype(values.dtype), values)
 
 
 class MultiHeadAttention(nn.Module):
@@ -495,7 +241,7 @@ class MultiHeadAttention(nn.Module):
     def __call__(
         self,
         x: Array,
-        mask: AttentionMask | Array | None,
+        mask: attention.AttentionMask | Array | None,
         deterministic: bool,
         decode_lengths: Array | None = None,
     ) -> Array:
@@ -512,17 +258,19 @@ class MultiHeadAttention(nn.Module):
         if self.decode and not creating_cache:
             # Causal over the cache; a `mask` argument is not used in decode mode.
             keys, values, cache_mask = self._update_cache(k, v, decode_lengths)
-            out = cached_attention(q, keys, values, cache_mask)
-        elif cfg.attention_impl == "reference" or (not deterministic and cfg.attention_dropout > 0):
-            # The fused kernels have no dropout on the attention probabilities: training with
-            # attention_dropout > 0 always takes this (slower, memory-hungrier) path.
-            use_dropout = not deterministic and cfg.attention_dropout > 0
-            drop = None
-            if use_dropout:
-                drop = functools.partial(Dropout(cfg.attention_dropout), deterministic=False)
-            out = reference_attention(q, k, v, dense_mask(mask, q.shape[1]), dropout=drop)
+            out = attention.cached_attention(q, keys, values, cache_mask)
         else:
-            out = fused_attention(q, k, v, mask, cfg.attention_impl)
+            train_dropout = not deterministic and cfg.attention_dropout > 0
+            out = attention.attend(
+                q,
+                k,
+                v,
+                mask,
+                impl=cfg.attention_impl,
+                kernels=cfg.kernels,
+                dropout_rate=cfg.attention_dropout if train_dropout else 0.0,
+                dropout_rng=self.make_rng("dropout") if train_dropout else None,
+            )
         if creating_cache:
             self._create_cache(k.shape)  # `init`: the plain attention above, an empty cache
         out = nn.with_logical_constraint(out, ACT_BTNK)
@@ -540,12 +288,7 @@ class MultiHeadAttention(nn.Module):
         """The cache variables, for `shape` = the [B, S_max, N, D] keys of the `init` input."""
         batch, max_length, heads, head_dim = shape
         cache_shape = (batch, heads, max_length, head_dim)
-        dtype = self.cfg.compute_dtype
-        if jax.default_backend() == "cpu":
-            # XLA:CPU computes a bf16 attention-over-cache product (a batched matrix-vector
-            # product) on float32 copies of its operands: a bf16 cache would be converted
-            # whole, in every layer at every step (~40 of a 75 ms GPT-2 step at batch 32).
-            dtype = jnp.float32
+        dtype = kernels.cache_dtype(self.cfg.compute_dtype, self.cfg.kernels)
         return (
             self.variable("cache", "cached_key", jnp.zeros, cache_shape, dtype),
             self.variable("cache", "cached_value", jnp.zeros, cache_shape, dtype),
@@ -622,7 +365,7 @@ class FeedForward(nn.Module):
         h = dense(cfg, cfg.intermediate_size, ("embed", "mlp"), transposed=self.decode, name="wi")(
             x
         )
-        h = nn.with_logical_constraint(ACTIVATIONS[cfg.hidden_act](h), ACT_BTM)
+        h = nn.with_logical_constraint(ACTIVATIONS[cfg.hidden_act](h, cfg.kernels), ACT_BTM)
         out = dense(cfg, cfg.hidden_size, ("mlp", "embed"), transposed=self.decode, name="wo")(h)
         return nn.with_logical_constraint(out, ACT_BTE)
 
@@ -646,7 +389,7 @@ class TransformerLayer(nn.Module):
     def __call__(
         self,
         x: Array,
-        mask: AttentionMask | Array | None,
+        mask: attention.AttentionMask | Array | None,
         deterministic: bool,
         decode_lengths: Array | None = None,
     ) -> Array:

@@ -239,6 +239,7 @@ def model_config(
     """
     runtime = {k: config.model[k] for k in _RUNTIME_FIELDS}
     runtime["attention_impl"] = config.model.get("attention_impl", "auto")
+    runtime["kernels"] = config.model.get("kernels", "auto")  # bertjax/kernels
     head = dict(head="classification", num_labels=num_labels, **runtime)
     preset = config.model.preset
     if config.init_from:

@@ -1,6 +1,7 @@
-"""The model's matmuls: dense layers (x W + b), the tied output head (x E^T), attention core.
+"""XLA:CPU's fast bf16 layouts: dense layers (x W + b), the tied output head (x E^T), and the
+layout helpers the attention core (`bertjax/models/attention.py`) and decoding use.
 
-On GPU and TPU these are plain `dot_general`s: the compilers pick good kernels for any operand
+On GPU and TPU matmuls are plain `dot_general`s: the compilers pick good kernels for any operand
 layout. XLA:CPU (jax 0.10) is different for bfloat16: it hands a bf16 x bf16 -> f32 dot to
 YNNPACK, whose kernels use AMX / AVX512-BF16, ONLY when the dot is in the canonical layout
 A[M, K] @ B[K, N] (A contracted on its last axis, B on its first). Every other bf16 dot -
@@ -9,20 +10,19 @@ pass (dX = dY W^T, dW = X^T dY) - is upcast to float32 and runs 3-5x slower (mea
 2-core Sapphire Rapids: 4096x256x1024 bf16->f32 canonical 730 GFLOP/s; the same with a bf16
 result or a transposed operand 130-190; float32 190-250).
 
-So on a CPU with bf16 compute, `linear`, `tied_logits` and `attention` are `custom_vjp`s
-whose forward and backward matmuls are all canonical, with the few transposes they need made
-explicit by `materialized_transpose` (a transpose XLA's simplifier cannot fold back into the
-dot). Elsewhere `linear` and `tied_logits` are the plain formulas (and the models call
-`jax.nn.dot_product_attention`). Both paths round the inputs to the compute dtype and
-accumulate in float32; they differ only in where results are rounded: the CPU path adds the
-bias in float32 before rounding (the plain one in bf16, as `flax.linen.DenseGeneral`), returns
-weight gradients from a float32 accumulator without a bf16 rounding, and rounds the float32
-logits' gradient to bf16 before the tied head's backward matmuls.
+So with the "cpu_bf16" kernels (`bertjax.kernels`: chosen by "auto" for bf16 compute on a
+CPU), `linear`, `tied_logits` and the attention core are `custom_vjp`s whose forward and
+backward matmuls are all canonical, with the few transposes they need made explicit by
+`materialized_transpose` (a transpose XLA's simplifier cannot fold back into the dot). The
+"xla" kernels are the plain formulas (`bertjax.kernels`). Both paths round the inputs to the
+compute dtype and accumulate in float32; they differ only in where results are rounded: the
+CPU path adds the bias in float32 before rounding (the plain one in bf16, as
+`flax.linen.DenseGeneral`), returns weight gradients from a float32 accumulator without a
+bf16 rounding, and rounds the float32 logits' gradient to bf16 before the tied head's
+backward matmuls.
 """
 
 from __future__ import annotations
-
-import math
 
 import jax
 import jax.numpy as jnp
@@ -30,9 +30,8 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
-def use_canonical_matmuls(dtype: jnp.dtype) -> bool:
-    """Whether matmuls in `dtype` take the canonical-layout path: bf16 compute on XLA:CPU."""
-    return jnp.dtype(dtype) == jnp.bfloat16 and jax.default_backend() == "cpu"
+def _is_bf16(dtype: jnp.dtype) -> bool:
+    return jnp.dtype(dtype) == jnp.bfloat16
 
 
 def materialized_transpose(a: Array, axes: tuple[int, ...] | None = None) -> Array:
@@ -97,7 +96,7 @@ _canonical_linear.defvjp(_canonical_linear_fwd, _canonical_linear_bwd)
 
 
 def linear(x: Array, kernel: Array, bias: Array | None, dtype: jnp.dtype) -> Array:
-    """x[..., K] @ kernel[K, N] (+ bias[N]) in the compute `dtype`; the result in `dtype`.
+    """x[..., K] @ kernel[K, N] (+ bias[N]) in the compute `dtype`, every matmul canonical.
 
     `kernel` and `bias` are the stored parameters (any float dtype); their gradients come back
     in that dtype.
@@ -105,13 +104,10 @@ def linear(x: Array, kernel: Array, bias: Array | None, dtype: jnp.dtype) -> Arr
     x = x.astype(dtype)
     lead = x.shape[:-1]
     n = kernel.shape[-1]
-    if use_canonical_matmuls(dtype):
-        if bias is None:
-            bias = jnp.zeros((n,), jnp.float32)
-        y = _canonical_linear(x.reshape(-1, x.shape[-1]), kernel, bias)
-        return y.reshape(*lead, n)
-    y = jnp.dot(x, kernel.astype(dtype))
-    return y if bias is None else y + bias.astype(dtype)
+    if bias is None:
+        bias = jnp.zeros((n,), jnp.float32)
+    y = _canonical_linear(x.reshape(-1, x.shape[-1]), kernel, bias)
+    return y.reshape(*lead, n)
 
 
 # ------------------------------------------------------------- linear, decode kernel layout
@@ -120,11 +116,11 @@ def linear(x: Array, kernel: Array, bias: Array | None, dtype: jnp.dtype) -> Arr
 # fastest product is the weight-major one, (W^T x^T)^T: measured on a 2-core Sapphire Rapids,
 # 32 rows against GPT-2's 768x3072 weights, bf16 0.19-0.25 ms against 0.40 for x W and float32
 # 0.9-1.2 ms against 1.4-1.9; for a prompt block of 1024 rows it is slower than x W.
-_FEW_ROWS = 128
+FEW_ROWS = 128
 
 
 def linear_decode(x: Array, kernel_t: Array, bias: Array, dtype: jnp.dtype) -> Array:
-    """x[..., K] @ kernel_t[N, K]^T + bias[N] in the compute `dtype`, for inference.
+    """x[..., K] @ kernel_t[N, K]^T + bias[N] in the compute `dtype`, for inference on a CPU.
 
     The kernel in the decode layout (`layers.Dense(transposed=True)`): each output's weights
     contiguous, the layout in which a decode step's few rows multiply fastest on a CPU, as
@@ -138,15 +134,12 @@ def linear_decode(x: Array, kernel_t: Array, bias: Array, dtype: jnp.dtype) -> A
     lead, k = x.shape[:-1], x.shape[-1]
     n = w.shape[0]
     x2 = x.reshape(-1, k)
-    if jax.default_backend() != "cpu":
-        y = jnp.dot(x2, w.T) + bias.astype(dtype)
-        return y.reshape(*lead, n)
-    if x2.shape[0] <= _FEW_ROWS:
+    if x2.shape[0] <= FEW_ROWS:
         rows = x2.shape[0]
-        if use_canonical_matmuls(dtype):
+        if _is_bf16(dtype):
             x2 = _two_rows_at_least(x2)
         y = materialized_transpose(_dot_f32(w, materialized_transpose(x2)))[:rows]
-    elif use_canonical_matmuls(dtype):  # bf16: x W^T is upcast to float32 unless canonical
+    elif _is_bf16(dtype):  # bf16: x W^T is upcast to float32 unless canonical
         y = _dot_f32(x2, materialized_transpose(w))
     else:
         y = jax.lax.dot_general(x2, w, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
@@ -157,7 +150,7 @@ def linear_decode(x: Array, kernel_t: Array, bias: Array, dtype: jnp.dtype) -> A
 # -------------------------------------------------------------------------------- tied logits
 
 
-def _transpose_output_is_cheaper(rows: int, vocab: int, hidden: int) -> bool:
+def transpose_output_is_cheaper(rows: int, vocab: int, hidden: int) -> bool:
     """For x[rows, H] @ E[V, H]^T: is (E @ x^T)^T (copies x and the [V, rows] result) cheaper
     than x @ (E^T) (copies E)? True for a few rows against a large table (decoding)."""
     return rows * (hidden + vocab) < vocab * hidden
@@ -166,8 +159,8 @@ def _transpose_output_is_cheaper(rows: int, vocab: int, hidden: int) -> bool:
 def _canonical_tied_logits_forward(x: Array, table: Array) -> Array:
     rows, hidden = x.shape
     vocab = table.shape[0]
-    if _transpose_output_is_cheaper(rows, vocab, hidden):
-        if use_canonical_matmuls(x.dtype):
+    if transpose_output_is_cheaper(rows, vocab, hidden):
+        if _is_bf16(x.dtype):
             x = _two_rows_at_least(x)
         return materialized_transpose(_dot_f32(table, materialized_transpose(x)))[:rows]
     return _dot_f32(x, materialized_transpose(table))
@@ -196,85 +189,12 @@ _canonical_tied_logits.defvjp(_canonical_tied_logits_fwd, _canonical_tied_logits
 
 
 def tied_logits(x: Array, table: Array, dtype: jnp.dtype) -> Array:
-    """x[..., H] @ table[V, H]^T: inputs in the compute `dtype`, logits in float32."""
-    x = x.astype(dtype)
-    rows = math.prod(x.shape[:-1])
-    few_rows_on_cpu = (
-        jax.default_backend() == "cpu"
-        and rows <= _FEW_ROWS
-        and _transpose_output_is_cheaper(rows, *table.shape)
-    )
-    # A decode step's few rows on a CPU take the table-major product E x^T in float32 too: as
-    # fast there as x E^T, and its [V, rows] result is what `generate.first_argmax` reads
-    # (reading [rows, V] would transpose the whole logits array, ~4 ms for GPT-2 at 32 rows).
-    if use_canonical_matmuls(dtype) or few_rows_on_cpu:
-        lead = x.shape[:-1]
-        logits = _canonical_tied_logits(x.reshape(-1, x.shape[-1]), table)
-        return logits.reshape(*lead, table.shape[0])
-    return jnp.einsum("...h,vh->...v", x, table.astype(dtype), preferred_element_type=jnp.float32)
+    """x[..., H] @ table[V, H]^T, every matmul canonical: inputs in `dtype`, logits float32.
 
-
-# ------------------------------------------------------------------------------ attention core
-
-_BTND_TO_BNTD = (0, 2, 1, 3)  # [B, T, N, D] <-> [B, N, T, D] (its own inverse)
-
-
-def _batched_dot_f32(a: Array, b: Array) -> Array:
-    """a[B, N, T, K] @ b[B, N, K, S] per (B, N), accumulated and returned in float32."""
-    return jnp.einsum("bntk,bnks->bnts", a, b, preferred_element_type=jnp.float32)
-
-
-def _attention_probs(q: Array, kt: Array, mask: Array | None) -> Array:
-    """softmax(q kt / sqrt(d) masked) in float32; q [B,N,T,D], kt [B,N,D,S]."""
-    scores = _batched_dot_f32(q, kt) * (q.shape[-1] ** -0.5)
-    if mask is not None:
-        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-    return jax.nn.softmax(scores, axis=-1)
-
-
-@jax.custom_vjp
-def _canonical_attention(q: Array, k: Array, v: Array, mask: Array | None) -> Array:
-    return _canonical_attention_fwd(q, k, v, mask)[0]
-
-
-def _canonical_attention_fwd(
-    q: Array, k: Array, v: Array, mask: Array | None
-) -> tuple[Array, tuple]:
-    qh = materialized_transpose(q, _BTND_TO_BNTD)
-    kh = materialized_transpose(k, _BTND_TO_BNTD)
-    vh = materialized_transpose(v, _BTND_TO_BNTD)
-    probs = _attention_probs(qh, materialized_transpose(kh), mask)  # float32, kept for the vjp
-    out = _batched_dot_f32(probs.astype(q.dtype), vh).astype(q.dtype)
-    return materialized_transpose(out, _BTND_TO_BNTD), (qh, kh, vh, probs, mask)
-
-
-def _canonical_attention_bwd(residuals: tuple, g: Array) -> tuple:
-    qh, kh, vh, probs, mask = residuals
-    gh = materialized_transpose(g.astype(qh.dtype), _BTND_TO_BNTD)  # [B, N, T, D]
-    dprobs = _batched_dot_f32(gh, materialized_transpose(vh))  # [B, N, T, S]
-    dv = _batched_dot_f32(materialized_transpose(probs.astype(qh.dtype)), gh)  # [B, N, S, D]
-    dscores = probs * (dprobs - jnp.sum(dprobs * probs, axis=-1, keepdims=True))
-    if mask is not None:
-        # A masked score is a constant: no gradient. (Where a row has a key left, its masked
-        # probabilities are 0 anyway; a row with every key masked has uniform probabilities,
-        # which depend on neither q nor k.)
-        dscores = jnp.where(mask, dscores, 0.0)
-    dscores = (dscores * (qh.shape[-1] ** -0.5)).astype(qh.dtype)
-    dq = _batched_dot_f32(dscores, kh)
-    dk = _batched_dot_f32(materialized_transpose(dscores), qh)
-    grads = zip((dq, dk, dv), (qh.dtype, kh.dtype, vh.dtype), strict=True)
-    back = [materialized_transpose(d.astype(dtype), _BTND_TO_BNTD) for d, dtype in grads]
-    return (*back, None)  # a boolean mask has no cotangent
-
-
-_canonical_attention.defvjp(_canonical_attention_fwd, _canonical_attention_bwd)
-
-
-def attention(q: Array, k: Array, v: Array, mask: Array | None) -> Array:
-    """softmax(Q K^T / sqrt(d), masked) V on XLA:CPU's fast bf16 path; q,k,v [B, T, N, D].
-
-    `mask`: boolean, broadcastable to [B, N, T, S] (True = may attend), or None. Scores and
-    softmax in float32, the probabilities rounded to the compute dtype before the PV matmul,
-    as `jax.nn.dot_product_attention`'s XLA implementation. No dropout on the probabilities.
+    A few rows against a large table (a decode step) take the table-major product E x^T,
+    whose [V, rows] result is what `generate.first_argmax` reads.
     """
-    return _canonical_attention(q, k, v, mask)
+    x = x.astype(dtype)
+    lead = x.shape[:-1]
+    logits = _canonical_tied_logits(x.reshape(-1, x.shape[-1]), table)
+    return logits.reshape(*lead, table.shape[0])

@@ -1,0 +1,112 @@
+"""Helpers for the serving tests: a tiny random bertjax classifier and a loopback server."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+
+import httpx
+import jax
+import numpy as np
+import uvicorn
+
+from bertjax import models
+from bertjax.data.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer
+from bertjax.serve.app import ServerSettings, create_app
+from bertjax.serve.backend import EncoderBackend
+
+WORDS = (
+    "the a movie film is was good bad great terrible not very fun boring plot actor "
+    "acting story it this that and but of to in with funny sad long short best worst"
+).split()
+VOCAB = [*SPECIAL_TOKENS, *WORDS, *"abcdefghijklmnopqrstuvwxyz.,!?'", *(f"##{c}" for c in
+         "abcdefghijklmnopqrstuvwxyz")]  # fmt: skip
+
+
+def tiny_tokenizer() -> WordPieceTokenizer:
+    return WordPieceTokenizer(VOCAB, do_lower_case=True)
+
+
+def tiny_classifier(num_labels: int = 3, max_positions: int = 64, seed: int = 0):
+    """(model config, module, params) of a 1-layer random BERT classifier (compiles fast)."""
+    cfg = models.get_config(
+        "tiny",
+        head="classification",
+        num_labels=num_labels,
+        vocab_size=len(VOCAB),
+        max_position_embeddings=max_positions,
+        num_layers=1,
+        hidden_size=64,
+        intermediate_size=128,
+    )
+    module = models.build(cfg)
+    params = jax.jit(module.init)(jax.random.key(seed), models.example_batch(cfg))["params"]
+    return cfg, module, jax.device_get(params)
+
+
+def tiny_backend(num_labels: int = 3, max_seq_length: int = 64, **kw) -> EncoderBackend:
+    cfg, module, params = tiny_classifier(num_labels, max_seq_length)
+    return EncoderBackend(
+        module,
+        params,
+        cfg,
+        tiny_tokenizer(),
+        max_seq_length=max_seq_length,
+        label_names=[f"class_{i}" for i in range(num_labels)] if num_labels > 1 else None,
+        **kw,
+    )
+
+
+def random_text(rng: np.random.Generator, max_words: int) -> str:
+    n = int(rng.integers(1, max_words + 1))
+    return " ".join(rng.choice(WORDS, size=n))
+
+
+@contextlib.contextmanager
+def running_server(app, *, ready_timeout: float = 120.0):
+    """Serves `app` on 127.0.0.1 at an ephemeral port; yields the base URL once /health is 200.
+
+    The server is always shut down (graceful, then forced) when the block exits.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        app, log_level="warning", timeout_graceful_shutdown=10, timeout_keep_alive=75
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=2.0).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise TimeoutError(f"the server at {url} did not become ready")
+            time.sleep(0.05)
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+        if thread.is_alive():
+            server.force_exit = True
+            thread.join(timeout=5)
+        sock.close()
+
+
+def small_settings(**overrides) -> ServerSettings:
+    values = dict(max_batch_tokens=512, max_batch_size=16, max_client_batch_size=16)
+    values.update(overrides)
+    return ServerSettings(**values)
+
+
+def tiny_app(**overrides):
+    return create_app(tiny_backend(), small_settings(**overrides))

@@ -109,7 +109,8 @@ def plot_runs(
                 ax.plot(steps, values, color=colors[i % len(colors)],
                         marker="o" if is_eval else None, ms=3, lw=1.2,
                         ls="--" if is_eval and len(keys) > 1 else "-",
-                        label=f"{label} {key}" if len(keys) > 1 or len(runs) == 1 else label)  # fmt: skip
+                        label=f"{label} {key}" if len(keys) > 1 or len(runs) == 1
+                        else label)  # fmt: skip
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("step", fontsize=9)
         ax.grid(alpha=0.3)

@@ -46,9 +46,7 @@ def tiny_run(minilm_dir: pathlib.Path, head: str, seed: int = 0) -> inference.Lo
     cfg = models.get_config("tiny", vocab_size=tokenizer.vocab_size, head=head)
     module = models.build(cfg)
     batch = {"input_ids": np.zeros((1, 8), np.int32)}
-    params = jax.tree_util.tree_map(
-        np.asarray, module.init(jax.random.key(seed), batch)["params"]
-    )
+    params = jax.tree_util.tree_map(np.asarray, module.init(jax.random.key(seed), batch)["params"])
     params = jax.tree_util.tree_map(np.asarray, _unbox(params))
     return inference.LoadedRun(
         manifest={"task": "bert_pretrain"},

@@ -27,7 +27,11 @@ def test_attention_equals_transformers_output_attentions(minilm_dir):
     with torch.no_grad():
         hf = model(**{k: torch.tensor(v) for k, v in enc.items()}, output_attentions=True)
     theirs = np.stack([a.numpy() for a in hf.attentions])  # [L, B, N, T, T]
-    assert ours.shape == theirs.shape == (cfg.num_layers, 2, cfg.num_heads, *batch["input_ids"].shape[1:2] * 2)
+    assert (
+        ours.shape
+        == theirs.shape
+        == (cfg.num_layers, 2, cfg.num_heads, *batch["input_ids"].shape[1:2] * 2)
+    )
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
     np.testing.assert_allclose(ours.sum(-1), 1.0, atol=1e-5)  # every row (keys only are masked)
     padded = batch["attention_mask"][0] == 0

@@ -3,8 +3,9 @@
 `score_fn(embeddings [S, T, H], aux) -> [S]` is the target (a class logit, a token's
 log-probability, ... see `bertjax.explain.targets`) computed from the embedding output, rows
 independent (the masks are broadcast to S rows); `aux` is a pytree of arrays (params, batch,
-target index), so that one `score_fn` compiles once and serves every input of its shape. Every method returns one score per token (summed over the
-hidden dimension, as captum and LIT report them):
+target index), so that one `score_fn` compiles once and serves every input of its shape.
+Every method returns one score per token (summed over the hidden dimension, as captum and LIT
+report them):
 
 * `integrated_gradients`: (x - x') * integral_0^1 dF(x' + a (x - x'))/dx da, the integral by
   Gauss-Legendre (captum's default) or the trapezoid rule (LIT's), the interpolation points

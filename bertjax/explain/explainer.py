@@ -43,18 +43,26 @@ def _in_float64(fn: Any) -> Any:
     return precision.in_float64(fn)
 
 
-def _features(run: LoadedRun, text: str, text_pair: str | None) -> dict[str, np.ndarray]:
-    """The input as the run's model reads it, [1, T] with T = its real length (no padding)."""
+def _features(
+    run: LoadedRun, text: str, text_pair: str | None, pad_to: int | None
+) -> tuple[dict[str, np.ndarray], int]:
+    """(the input as the run's model reads it [1, T], its real length n): T = n, or `pad_to`
+    columns (BERT only: one compiled shape for inputs of different lengths)."""
     if run.model_config.model_type == "gpt2":
+        if pad_to:
+            raise ValueError("pad_to is only for BERT runs")
         ids = np.asarray(run.tokenizer.encode(text), np.int32)[-run.max_seq_length :]
         if text_pair:
             raise ValueError("text_pair is only for BERT runs (a GPT run continues one text)")
         if len(ids) == 0:
             raise ValueError("text is empty: nothing to explain")
-        return {"input_ids": ids[None]}
+        return {"input_ids": ids[None]}, len(ids)
     batch = classify.featurize(run, [text], None if text_pair is None else [text_pair])
     length = int(batch["attention_mask"][0].sum())
-    return {k: np.asarray(v[:, :length], np.int32) for k, v in batch.items()}
+    columns = length if not pad_to else max(length, int(pad_to))
+    if columns > batch["input_ids"].shape[1]:
+        batch = {k: np.pad(v, ((0, 0), (0, columns - v.shape[1]))) for k, v in batch.items()}
+    return {k: np.asarray(v[:, :columns], np.int32) for k, v in batch.items()}, length
 
 
 def _tokens(run: LoadedRun, ids: np.ndarray) -> list[str]:
@@ -94,6 +102,7 @@ def explain(
     batch_size: int = 32,
     top_k: int = 5,
     with_attention: bool = True,
+    pad_to: int | None = None,
 ) -> dict[str, Any]:
     """Explains the run's output for one input (see the module docstring for the result).
 
@@ -105,6 +114,8 @@ def explain(
       as captum's BERT tutorial; GPT runs have no [PAD] and take "zeros") or "zeros".
     score: classifiers: "logit", "probability" or "log_probability" of the target class.
     dtype: "float64" evaluates the whole model in float64 (needs jax_enable_x64).
+    pad_to: BERT runs: pad the input to this many tokens (padding is masked, and its
+      attributions are 0), so that inputs of different lengths share one compiled shape.
     """
     if method not in attributions.METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {list(attributions.METHODS)}")
@@ -124,9 +135,9 @@ def explain(
         params = jax.tree_util.tree_map(lambda p: np.asarray(p, np.float64), params)
     np_dtype = np.float64 if dtype == "float64" else np.float32
 
-    batch = _features(run, text, text_pair)
+    batch, length = _features(run, text, text_pair, pad_to)
     ids = batch["input_ids"][0]
-    tokens = _tokens(run, ids)
+    tokens = _tokens(run, ids[:length])
     out, probs = attention_lib.attention_probs(module, run.params, batch)
 
     # The target: which scalar of the output to explain.
@@ -198,13 +209,14 @@ def explain(
         special = np.zeros(len(ids), bool)
         if not is_gpt:
             special = np.isin(ids, [run.tokenizer.cls_id, run.tokenizer.sep_id])
-        result = attributions.occlusion(score_fn, aux, x, base, np.flatnonzero(~special))
-    raw = np.asarray(result["tokens"], np.float64)
+        real = np.flatnonzero(~special[:length])
+        result = attributions.occlusion(score_fn, aux, x, base, real)
+    raw = np.asarray(result["tokens"], np.float64)[:length]
     target_info["value"] = result["f_input"]
 
     attention = None
     if with_attention:
-        maps = probs[:, 0]  # [L, N, T, T]
+        maps = probs[:, 0, :, :length, :length]  # [L, N, T, T]
         attention = {
             "num_layers": int(maps.shape[0]),
             "num_heads": int(maps.shape[1]),
@@ -216,9 +228,9 @@ def explain(
         mlm_all = np.asarray(out["mlm_logits"][0])
         mlm_predictions = [
             {"position": int(p), "top_k": _top_k(run, mlm_all[p], top_k)}
-            for p in np.flatnonzero(ids == run.tokenizer.mask_id)
+            for p in np.flatnonzero(ids[:length] == run.tokenizer.mask_id)
         ]
-    segments = batch.get("token_type_ids", np.zeros_like(batch["input_ids"]))[0]
+    segments = batch.get("token_type_ids", np.zeros_like(batch["input_ids"]))[0, :length]
     return {
         "format_version": FORMAT_VERSION,
         "run": run.workdir,
@@ -227,7 +239,7 @@ def explain(
         "head": cfg.head,
         "inputs": {"text": text, "text_pair": text_pair},
         "tokens": tokens,
-        "token_ids": [int(i) for i in ids],
+        "token_ids": [int(i) for i in ids[:length]],
         "segments": [int(s) for s in segments],
         "prediction": prediction,
         "target": target_info,

@@ -54,8 +54,10 @@ def test_html_is_self_contained_and_renders_offline(run, tmp_path):
 
 def test_server_page_shows_a_prediction_for_typed_text(tmp_path):
     backend = tiny_backend(num_labels=2)
-    app = create_app(backend, small_settings())
-    with running_server(app) as url:
+    # Few buckets: the server compiles them all before /health says ready.
+    app = create_app(backend, small_settings(max_batch_size=2, max_batch_tokens=64,
+                                             max_client_batch_size=2))  # fmt: skip
+    with running_server(app, ready_timeout=900) as url:
         # The JSON route first: the same result as the library, and bad input named.
         body = {"text": "a good film", "method": "grad_x_input"}
         answer = httpx.post(f"{url}/v1/explain", json=body, timeout=300).json()

@@ -79,14 +79,16 @@ function renderAttention(data, el){
   }
   function draw(){
     var m=matrix(), t=data.tokens, s='<table class="attn"><thead><tr><th></th>';
+    // Shaded relative to the largest value shown (a near-uniform map would be all pale).
+    var top=Math.max.apply(null,m.map(function(r){return Math.max.apply(null,r);}))||1;
     t.forEach(function(k){s+='<th>'+esc(k)+'</th>';}); s+='</tr></thead><tbody>';
     m.forEach(function(row,i){
       s+='<tr><th style="text-align:right">'+esc(t[i])+'</th>';
       row.forEach(function(v,j){s+='<td title="'+esc(t[i])+' &rarr; '+esc(t[j])+': '+
-        v.toFixed(3)+'" style="background:rgba(30,30,160,'+Math.min(1,v).toFixed(3)+')"></td>';});
+        v.toFixed(3)+'" style="background:rgba(30,30,160,'+(v/top).toFixed(3)+')"></td>';});
       s+='</tr>';});
     grid.innerHTML=s+'</tbody></table><div class="legend">row = query token, column = '+
-      'attended token; darker = more attention</div>';
+      'attended token; darker = more attention (the darkest = '+top.toFixed(3)+')</div>';
     head.disabled=layer.value==='rollout';
   }
   layer.onchange=draw; head.onchange=draw; draw();

@@ -235,3 +235,96 @@ def test_classify_config_trains_and_predicts_a_csv(tmp_path):
     first = json.loads(out_jsonl.read_text().splitlines()[0])
     assert list(first)[:4] == ["review", "id", "note", "prediction"]
     assert set(first["probabilities"]) == {"negative", "positive"}
+
+
+def _config(tmp_path, train_text, **overrides):
+    from bertjax import config_lib
+
+    train = _write(tmp_path / "train.csv", train_text)
+    values = {
+        "data.train_file": train,
+        "data.validation_file": train,
+        "data.text_column": "review",
+        "data.label_column": "sentiment",
+        **overrides,
+    }
+    return config_lib.load(str(REPO / "configs" / "classify.py"), values)
+
+
+def test_best_metric_defaults_per_problem_type_and_can_be_chosen(tmp_path):
+    labels = "review,sentiment\na,pos\nb,neg\n"
+    assert classify.best_metric(_config(tmp_path, labels)) == ("eval/accuracy", "max")
+    numbers = "review,sentiment\na,0.5\nb,2.25\n"
+    assert classify.best_metric(_config(tmp_path, numbers)) == ("eval/pearson", "max")
+    multi = _config(tmp_path, labels, **{"data.problem_type": "multi_label"})
+    assert classify.best_metric(multi) == ("eval/micro_f1", "max")
+    chosen = _config(tmp_path, labels, best_metric="eval/macro_f1")
+    assert classify.best_metric(chosen) == ("eval/macro_f1", "max")
+    assert classify.best_metric(_config(tmp_path, labels, best_metric="eval/loss"))[1] == "min"
+    with pytest.raises(ValueError, match="config.best_metric='eval/auc'"):
+        classify.best_metric(_config(tmp_path, labels, best_metric="eval/auc"))
+    no_dev = _config(tmp_path, labels, **{"data.validation_file": ""})
+    assert classify.best_metric(no_dev) is None
+
+
+def test_losses_per_problem_type_over_real_rows():
+    import jax.numpy as jnp
+    import optax
+
+    from bertjax.tasks import finetune
+
+    logits = jnp.array([[2.0, -1.0, 0.5], [0.0, 1.0, -2.0]])
+    single = finetune.per_example_loss(logits, jnp.array([0, 2]))
+    np.testing.assert_allclose(
+        single,
+        optax.softmax_cross_entropy_with_integer_labels(logits, jnp.array([0, 2])),
+        rtol=1e-6,
+    )
+    hot = jnp.array([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
+    p = 1 / (1 + np.exp(-np.asarray(logits)))
+    bce = -(hot * np.log(p) + (1 - hot) * np.log(1 - p)).mean(-1)
+    np.testing.assert_allclose(finetune.per_example_loss(logits, hot), bce, rtol=1e-5)
+    reg = finetune.per_example_loss(jnp.array([[1.5], [0.0]]), jnp.array([1.0, 2.0]))
+    np.testing.assert_allclose(reg, [0.25, 4.0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("problem", ["multi_label", "regression"])
+def test_predict_file_output_columns_per_problem_type(tmp_path, problem):
+    import jax
+
+    from bertjax import inference, models, predict_files
+    from bertjax.data.tokenizer import WordPieceTokenizer
+
+    names = ["x", "y", "z"] if problem == "multi_label" else None
+    cfg = models.get_config(
+        "tiny", vocab_size=len(VOCAB), head="classification", num_labels=3 if names else 1
+    )
+    module = models.build(cfg)
+    params = jax.jit(module.init)(jax.random.key(0), models.example_batch(cfg))["params"]
+    run = inference.LoadedRun(
+        manifest={"data": {"text_column": "review"}},
+        model_config=cfg,
+        module=module,
+        params=params,
+        tokenizer=WordPieceTokenizer(VOCAB, do_lower_case=True),
+        label_names=names,
+        problem_type=problem,
+        max_seq_length=8,
+    )
+    source = _write(tmp_path / "in.tsv", "n\treview\n1\tgood film\n2\tbad\n3\tthe plot\n")
+    assert predict_files.predict_file(run, source, str(tmp_path / "out.csv")) == 3
+    rows = records.read_table(str(tmp_path / "out.csv")).rows
+    assert [r["n"] for r in rows] == ["1", "2", "3"]
+    predict_files.predict_file(run, source, str(tmp_path / "out.jsonl"))
+    lines = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    if problem == "regression":
+        assert list(rows[0]) == ["n", "review", "prediction"]
+        for row, line in zip(rows, lines, strict=True):
+            assert float(row["prediction"]) == pytest.approx(line["prediction"], rel=1e-5)
+        return
+    assert list(rows[0]) == ["n", "review", "prediction", "p_x", "p_y", "p_z"]
+    for row, line in zip(rows, lines, strict=True):
+        over = [n for n in names if line["probabilities"][n] > 0.5]
+        assert line["prediction"] == over
+        assert row["prediction"] == ";".join(over)
+        assert float(row["p_y"]) == pytest.approx(line["probabilities"]["y"], abs=1e-6)

@@ -170,6 +170,14 @@ def test_run_directory_copied_elsewhere_predicts_with_nothing_else(tmp_path):
     np.testing.assert_allclose(
         np.asarray(logits), inference.predict_logits(run, list(texts[:3])), rtol=1e-5, atol=1e-6
     )
+    # A run made before run.json (glue_run.json) loads the same.
+    (elsewhere / "run.json").unlink()
+    legacy = {"task": "sst2", "model": manifest["model"], "max_seq_length": 8,
+              "do_lower_case": True, "vocab_file": "vocab.txt", "init_from": ""}  # fmt: skip
+    (elsewhere / "glue_run.json").write_text(json.dumps(legacy))
+    old_run = inference.load_run(elsewhere)
+    assert old_run.label_names == ["0", "1"] and old_run.manifest["task"] == "glue"
+    assert inference.predict(old_run, list(texts), batch_size=5) == results
     # A step number picks that training checkpoint.
     step = sorted(p.name for p in (elsewhere / "checkpoints").iterdir())[-1]
     assert inference.load_run(elsewhere, step).checkpoint.endswith(f"checkpoints/{step}")

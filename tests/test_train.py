@@ -94,6 +94,15 @@ def test_tiny_config_end_to_end(tmp_path, monkeypatch):
     # The learning rate follows warmup then linear decay to (almost) 0.
     assert train_records[-1]["learning_rate"] < 0.1 * 5e-3
     assert list((tmp_path / "tensorboard").iterdir()), "no TensorBoard event file"
+    # run.json + vocab.txt: the pretraining run loads from its directory alone.
+    from bertjax import inference
+
+    run = inference.load_run(tmp_path)
+    assert run.manifest["task"] == "bert_pretrain" and run.problem_type is None
+    assert (
+        run.manifest["tokenizer"]["type"] == "wordpiece" and run.model_config.head == "pretraining"
+    )
+    assert run.max_seq_length == 32 and run.tokenizer.vocab_size <= run.model_config.vocab_size
     ckpt = checkpointing.Checkpointer(tmp_path, keep=3)
     assert ckpt.all_steps() == [8, 16]
     ckpt.close()
@@ -193,7 +202,7 @@ def test_dry_run_reports_params_memory_and_flops_without_training(tmp_path, caps
     assert report["peak_bytes_per_device_estimate"] > 0
     out = capsys.readouterr().out
     assert "parameters" in out and "per-device memory" in out and "FLOPs per step" in out
-    assert not (tmp_path / "checkpoints").exists()
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "run.json").exists()
 
 
 def test_metric_writer_truncates_on_resume_and_formats_progress(tmp_path):

@@ -10,7 +10,7 @@
 2. Randomisation check: the classifier head, the pooler and the top layer re-initialised; the
    mean Spearman correlation of |gradient| (grad_norm) attributions with the trained model's
    must be < 0.5.
-Inputs are padded to one length (`--pad_to`), so each precision compiles once.
+Inputs are padded to the next multiple of 16 tokens, so that each precision compiles a few shapes.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ def main() -> int:
     p.add_argument("--data", required=True, help="SST-2 dev.tsv (sentence, label)")
     p.add_argument("--n", type=int, default=50)
     p.add_argument("--steps", type=int, default=64)
-    p.add_argument("--pad_to", type=int, default=64)
     args = p.parse_args()
     jax.config.update("jax_enable_x64", True)
     from bertjax import models
@@ -46,13 +45,17 @@ def main() -> int:
         texts = [r["sentence"] for r in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)]
     texts = texts[: args.n]
     run = load_run(args.workdir, dtype="float32")
+
+    def pad_to(text: str) -> int:
+        return -(-(len(run.tokenizer.encode(text)) + 2) // 16) * 16
+
     print(f"run {args.workdir}: {len(texts)} sentences, {args.steps} Gauss-Legendre steps")
     ok = True
     for dtype in ("float64", "float32"):
         started, rel, passed = time.time(), [], 0
         for text in texts:
             out = explainer.explain(run, text, steps=args.steps, dtype=dtype,
-                                    with_attention=False, pad_to=args.pad_to)  # fmt: skip
+                                    with_attention=False, pad_to=pad_to(text))  # fmt: skip
             c = out["completeness"]
             gap = abs(c["f_input"] - c["f_baseline"])
             passed += abs(c["delta"]) <= 0.01 * gap + 1e-4
@@ -77,9 +80,9 @@ def main() -> int:
     rhos = []
     for text in texts:
         a = explainer.explain(run, text, method="grad_norm", with_attention=False,
-                              pad_to=args.pad_to)  # fmt: skip
+                              pad_to=pad_to(text))  # fmt: skip
         b = explainer.explain(randomised, text, method="grad_norm", with_attention=False,
-                              pad_to=args.pad_to)  # fmt: skip
+                              pad_to=pad_to(text))  # fmt: skip
         rhos.append(
             spearman(np.array(a["attributions"]["raw"]), np.array(b["attributions"]["raw"]))
         )

@@ -39,7 +39,7 @@ class Browser:
              "--remote-debugging-port=0", f"--window-size={width},{height}",
              # Offline: no proxy answers, no name resolves (loopback literals still work).
              "--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=127.0.0.1",
-             "--host-resolver-rules=MAP * ~NOTFOUND", "about:blank"],
+             "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         port = self._port()
@@ -84,7 +84,8 @@ class Browser:
 
     def open(self, url: str, settle_s: float = 1.0) -> None:
         self.call("Page.navigate", url=url)
-        self.wait_for("document.readyState === 'complete'")
+        # (the previous page is 'complete' too until the navigation commits)
+        self.wait_for(f"location.href === {json.dumps(url)} && document.readyState === 'complete'")
         time.sleep(settle_s)
 
     def evaluate(self, expression: str):

@@ -128,8 +128,10 @@ def test_parity_with_captum(hf_pair, shared_data):
         return logits[:, target]
 
     for text in sst2_dev(shared_data, 3):
-        ours_ig = explainer.explain(run, text, steps=32, with_attention=False)
-        ours_gxi = explainer.explain(run, text, method="grad_x_input", with_attention=False)
+        # Padded to one shape (one compilation; padding is masked), captum's input unpadded.
+        kw = {"with_attention": False, "pad_to": 48}
+        ours_ig = explainer.explain(run, text, steps=32, **kw)
+        ours_gxi = explainer.explain(run, text, method="grad_x_input", **kw)
         target = ours_ig["target"]["index"]
         ids = torch.tensor([ours_ig["token_ids"]])
         special = torch.isin(ids, torch.tensor([tok.cls_id, tok.sep_id]))

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from serve_util import tiny_classifier, tiny_tokenizer
+from serve_util import VOCAB, tiny_classifier
 
 from bertjax import checkpointing
+from bertjax.data.tokenizer import WordPieceTokenizer
 from bertjax.explain import __main__ as cli
 from bertjax.inference import manifest
 
@@ -20,7 +21,10 @@ def run_dir(tmp_path_factory):
     best = checkpointing.BestCheckpointer(workdir, "eval/accuracy", "max")
     best.maybe_save(1, params, {"eval/accuracy": 1.0})
     best.close()
-    entry = manifest.save_tokenizer(workdir, tiny_tokenizer())
+    # vocab.txt may not repeat a token (serve_util's has "a" twice): same size, unique names.
+    vocab = [t if t not in VOCAB[:i] else f"[unused{i}]" for i, t in enumerate(VOCAB)]
+    tokenizer = WordPieceTokenizer(vocab, do_lower_case=True)
+    entry = manifest.save_tokenizer(workdir, tokenizer)
     manifest.write_manifest(workdir, {
         "format_version": 1, "task": "classify", "problem_type": "single_label",
         "label_names": ["negative", "positive"], "model": cfg.to_dict(), "tokenizer": entry,

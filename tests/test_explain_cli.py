@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from flax.core import meta
 from serve_util import VOCAB, tiny_classifier
 
 from bertjax import checkpointing
@@ -19,7 +20,7 @@ def run_dir(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("run")
     cfg, _, params = tiny_classifier(num_labels=2)
     best = checkpointing.BestCheckpointer(workdir, "eval/accuracy", "max")
-    best.maybe_save(1, params, {"eval/accuracy": 1.0})
+    best.maybe_save(1, meta.unbox(params), {"eval/accuracy": 1.0})  # as train.py saves them
     best.close()
     # vocab.txt may not repeat a token (serve_util's has "a" twice): same size, unique names.
     vocab = [t if t not in VOCAB[:i] else f"[unused{i}]" for i, t in enumerate(VOCAB)]

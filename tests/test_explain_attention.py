@@ -88,7 +88,7 @@ def test_gpt_next_token_target():
         problem_type=None, max_seq_length=32,
     )  # fmt: skip
     out = explainer.explain(run, "hello world", steps=32)
-    assert out["target"]["kind"] == "next_token" and out["method"]["baseline"] == "zeros"
+    assert out["target"]["kind"] == "next_token" and out["method"]["baseline"] == "pad"
     assert out["target"]["token_id"] == out["prediction"][0]["id"]
     c = out["completeness"]
     assert abs(c["delta"]) <= 0.01 * abs(c["f_input"] - c["f_baseline"]) + 1e-3

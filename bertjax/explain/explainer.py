@@ -110,8 +110,8 @@ def explain(
       token to explain at the first [MASK] (default: the top prediction); GPT runs: the next
       token (default: the most likely).
     method: one of `attributions.METHODS`; steps / rule: integrated gradients' integration.
-    baseline: "pad" ([CLS] [PAD] ... [SEP]: every token but the special ones replaced by [PAD],
-      as captum's BERT tutorial; GPT runs have no [PAD] and take "zeros") or "zeros".
+    baseline: "pad" (BERT: [CLS] [PAD] ... [SEP], every token but the special ones replaced by
+      [PAD], as captum's BERT tutorial; GPT: the position embeddings alone) or "zeros".
     score: classifiers: "logit", "probability" or "log_probability" of the target class.
     dtype: "float64" evaluates the whole model in float64 (needs jax_enable_x64).
     pad_to: BERT runs: pad the input to this many tokens (padding is masked, and its
@@ -127,8 +127,6 @@ def explain(
     module = _module(cfg)
     params = run.params
     is_gpt = cfg.model_type == "gpt2"
-    if is_gpt and baseline == "pad":
-        baseline = "zeros"
     if dtype == "float64":
         if not jax.config.jax_enable_x64:
             raise RuntimeError("dtype='float64' needs jax.config.update('jax_enable_x64', True)")
@@ -182,6 +180,12 @@ def explain(
     x = np.asarray(embed_fn(params, jbatch)[0], np_dtype)
     if baseline == "zeros":
         base = np.zeros_like(x)
+    elif is_gpt:
+        # GPT has no [PAD]: the tokens are removed from the embedding sum, the positions kept.
+        # (A zero baseline is degenerate for a pre-LN model: LayerNorm(a x) does not depend
+        # on a > 0, so the whole change happens at a ~ 0 and the integral misses it.)
+        table = np.asarray(params["word_embeddings"]["embedding"], np_dtype)
+        base = x - table[ids]
     else:
         special = np.isin(ids, [run.tokenizer.cls_id, run.tokenizer.sep_id])
         base_ids = np.where(special, ids, run.tokenizer.pad_id).astype(np.int32)

@@ -69,7 +69,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     app = build_app(args.model_dir, args.max_length)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    # info: the load test reads the "Uvicorn running on" line for the port.
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False)
 
 
 if __name__ == "__main__":

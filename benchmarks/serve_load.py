@@ -31,6 +31,7 @@ import os
 import pathlib
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -295,7 +296,9 @@ def print_table(results: dict) -> None:
         statuses = collections.Counter()
         for r in rows:
             statuses.update({int(k): v for k, v in r["statuses"].items()})
-        batch = statistics.median(r["mean_batch"]) if "mean_batch" in rows[0] else None
+        batch = (
+            statistics.median(r["mean_batch"] for r in rows) if "mean_batch" in rows[0] else None
+        )
         batch_text = "" if batch is None else f"{batch:.2f}"
         print(
             f"| {name} | {load} | {med['req_s']:.1f} | {med['p50_ms']:.1f} | "
@@ -369,6 +372,8 @@ def main() -> None:
     p.add_argument("--cache_dir", default=os.path.join(tempfile.gettempdir(), "bertjax_jax_cache"))
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
+    # SIGTERM runs the finally blocks too, so that the servers started here are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     texts = read_sentences(args.sentences)
     np.random.default_rng(args.seed).shuffle(texts)

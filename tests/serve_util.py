@@ -11,6 +11,7 @@ import httpx
 import jax
 import numpy as np
 import uvicorn
+from flax.core import meta
 
 from bertjax import models
 from bertjax.data.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer
@@ -21,8 +22,8 @@ WORDS = (
     "the a movie film is was good bad great terrible not very fun boring plot actor "
     "acting story it this that and but of to in with funny sad long short best worst"
 ).split()
-VOCAB = [*SPECIAL_TOKENS, *WORDS, *"abcdefghijklmnopqrstuvwxyz.,!?'", *(f"##{c}" for c in
-         "abcdefghijklmnopqrstuvwxyz")]  # fmt: skip
+_PIECES = [c for c in "abcdefghijklmnopqrstuvwxyz.,!?'" if c not in WORDS]
+VOCAB = [*SPECIAL_TOKENS, *WORDS, *_PIECES, *(f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz")]
 
 
 def tiny_tokenizer() -> WordPieceTokenizer:
@@ -43,7 +44,8 @@ def tiny_classifier(num_labels: int = 3, max_positions: int = 64, seed: int = 0)
     )
     module = models.build(cfg)
     params = jax.jit(module.init)(jax.random.key(seed), models.example_batch(cfg))["params"]
-    return cfg, module, jax.device_get(params)
+    # Plain arrays, as a checkpoint holds them (init boxes them with their logical axes).
+    return cfg, module, jax.device_get(meta.unbox(params))
 
 
 def tiny_backend(num_labels: int = 3, max_seq_length: int = 64, **kw) -> EncoderBackend:

@@ -85,6 +85,7 @@ def test_info_docs_and_health(server):
     assert httpx.get(f"{url}/health").status_code == 200
 
 
+@pytest.mark.slow  # 1,000 requests: tens of seconds on a quiet 2-core machine
 def test_no_compilation_across_1000_requests_and_metrics_count_them(server):
     url, backend, app = server
     compiles = []

@@ -51,7 +51,7 @@ def _row(n: int) -> Row:
     return Row(np.arange(n, dtype=np.int32), np.zeros(n, np.int32))
 
 
-def test_batcher_packs_queued_rows_under_the_budget_first_in_first_out():
+def test_batcher_groups_queued_rows_by_the_oldest_rows_length_bucket():
     grid = BucketGrid.build(max_seq_length=64, max_batch_size=8, max_batch_tokens=128)
     batches = []
 
@@ -63,7 +63,7 @@ def test_batcher_packs_queued_rows_under_the_budget_first_in_first_out():
         batcher = Batcher(run, grid)
         batcher.start()
         # Submitted before the collector runs: they queue together.
-        futures = batcher.submit([_row(n) for n in (5, 10, 20, 30, 60, 3)])
+        futures = batcher.submit([_row(n) for n in (5, 10, 20, 30, 60, 3, 12, 40)])
         dropped = batcher.submit([_row(7)])
         dropped[0].cancel()  # its request went away: never run
         results = await asyncio.gather(*futures)
@@ -71,9 +71,10 @@ def test_batcher_packs_queued_rows_under_the_budget_first_in_first_out():
         return results
 
     results = asyncio.run(main())
-    assert [r.outputs["n"] for r in results] == [5, 10, 20, 30, 60, 3]
-    # 4 rows of <= 32 tokens fill 128 tokens; then 60 + 3 need 2 x 64 = 128.
-    assert batches == [([5, 10, 20, 30], (4, 32)), ([60, 3], (2, 64))]
+    assert [r.outputs["n"] for r in results] == [5, 10, 20, 30, 60, 3, 12, 40]
+    # The oldest row (5) sets the length bucket (16): the short rows go with it, the longer
+    # ones wait for their own batch, oldest first: (20, 30) at 32, then 60 with 40 at 64.
+    assert batches == [([5, 10, 3, 12], (4, 16)), ([20, 30], (2, 32)), ([60, 40], (2, 64))]
     assert all(r.queue_s >= 0 and r.inference_s >= 0 for r in results)
 
 

@@ -22,26 +22,67 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--host", default="127.0.0.1", help="Interface to listen on.")
     p.add_argument("--port", type=int, default=8080, help="Port (0: any free port).")
-    p.add_argument("--max_batch_tokens", type=int, default=4096,
-                   help="Token budget of a batch: rows x length bucket.")  # fmt: skip
+    p.add_argument(
+        "--max_batch_tokens",
+        type=int,
+        default=4096,
+        help="Token budget of a batch: rows x length bucket.",
+    )
     p.add_argument("--max_batch_size", type=int, default=32, help="Rows per batch at most.")
-    p.add_argument("--max_wait_ms", type=float, default=0.0,
-                   help="Wait for more rows up to this long (0: never).")  # fmt: skip
+    p.add_argument(
+        "--max_wait_ms",
+        type=float,
+        default=0.0,
+        help="Wait for more rows up to this long (0: never).",
+    )
     p.add_argument("--min_bucket_length", type=int, default=16, help="Shortest length bucket.")
-    p.add_argument("--max_concurrent_requests", type=int, default=512,
-                   help="Requests admitted at once; beyond it 429 with Retry-After.")  # fmt: skip
-    p.add_argument("--max_client_batch_size", type=int, default=32,
-                   help="Inputs per request at most (413 beyond).")  # fmt: skip
-    p.add_argument("--max_payload_bytes", type=int, default=1_000_000,
-                   help="Largest request body (413 beyond).")  # fmt: skip
-    p.add_argument("--request_timeout_s", type=float, default=30.0,
-                   help="A request not answered by then gets 504.")  # fmt: skip
-    p.add_argument("--graceful_shutdown_s", type=float, default=30.0,
-                   help="After SIGTERM, how long in-flight requests may take.")  # fmt: skip
-    p.add_argument("--compilation_cache_dir", default="",
-                   help="jax persistent compilation cache (reused across restarts).")  # fmt: skip
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
-                   help="Compute dtype to serve in instead of the run's.")  # fmt: skip
+    p.add_argument(
+        "--max_concurrent_requests",
+        type=int,
+        default=512,
+        help="Requests admitted at once; beyond it 429 with Retry-After.",
+    )
+    p.add_argument(
+        "--max_client_batch_size",
+        type=int,
+        default=32,
+        help="Inputs per request at most (413 beyond).",
+    )
+    p.add_argument(
+        "--max_payload_bytes",
+        type=int,
+        default=1_000_000,
+        help="Largest request body (413 beyond).",
+    )
+    p.add_argument(
+        "--request_timeout_s",
+        type=float,
+        default=30.0,
+        help="A request not answered by then gets 504.",
+    )
+    p.add_argument(
+        "--graceful_shutdown_s",
+        type=float,
+        default=30.0,
+        help="After SIGTERM, how long in-flight requests may take.",
+    )
+    p.add_argument(
+        "--timeout_keep_alive",
+        type=float,
+        default=75.0,
+        help="Seconds an idle keep-alive connection stays open (above clients').",
+    )
+    p.add_argument(
+        "--compilation_cache_dir",
+        default="",
+        help="jax persistent compilation cache (reused across restarts).",
+    )
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "bfloat16"],
+        help="Compute dtype to serve in instead of the run's.",
+    )
     p.add_argument("--log_level", default="info", choices=["debug", "info", "warning", "error"])
     return p.parse_args(argv)
 
@@ -87,6 +128,7 @@ def main(argv: list[str] | None = None) -> None:
         port=args.port,
         log_level=args.log_level,
         timeout_graceful_shutdown=args.graceful_shutdown_s,
+        timeout_keep_alive=args.timeout_keep_alive,
         access_log=False,
     )
 

@@ -116,6 +116,9 @@ class ServerState:
         try:
             shapes = self.grid.shapes()
             await asyncio.to_thread(self.backend.compile, shapes)
+            # Run every bucket once: an executable's first run pays one-off costs (on
+            # XLA:CPU several times a later run's) that must not land on a request.
+            await asyncio.to_thread(self.backend.warm_up, shapes)
             rows = await asyncio.to_thread(
                 self.backend.featurize, ["warm-up request"], None, truncate=True
             )
@@ -169,8 +172,17 @@ def _timing_headers(row_results: Sequence[RowResult]) -> dict[str, str]:
     return {"x-queue-time": f"{queue_s * 1e3:.3f}", "x-inference-time": f"{inference_s * 1e3:.3f}"}
 
 
-def create_app(backend: EncoderBackend, settings: ServerSettings | None = None) -> FastAPI:
-    """The app serving `backend`; it compiles and warms up in the background once started."""
+def create_app(
+    backend: EncoderBackend,
+    settings: ServerSettings | None = None,
+    *,
+    ready_before_serving: bool = False,
+) -> LimitedApp:
+    """The app serving `backend`; it compiles and warms up in the background once started.
+
+    ready_before_serving: finish compiling and warming up inside the ASGI lifespan start-up
+    instead (for hosts such as Ray Serve that route traffic to a replica once it has started).
+    """
     settings = settings or ServerSettings()
     state = ServerState(backend, settings)
 
@@ -178,6 +190,10 @@ def create_app(backend: EncoderBackend, settings: ServerSettings | None = None) 
     async def lifespan(app: FastAPI):
         state.batcher.start()
         warm_up = asyncio.create_task(state.warm_up())
+        if ready_before_serving:
+            await warm_up
+            if state.failure is not None:
+                raise RuntimeError(f"bertjax.serve start-up failed: {state.failure}")
         try:
             yield
         finally:
@@ -233,9 +249,12 @@ def create_app(backend: EncoderBackend, settings: ServerSettings | None = None) 
 
     async def _run(rows: list[Row], request: Request) -> list[RowResult]:
         try:
-            return await state.infer(rows, request)
+            outputs = await state.infer(rows, request)
         except ClientGone:
             raise ApiError(499, "client_closed", "the client closed the connection") from None
+        state.metrics.queue_time.observe(max(r.queue_s for r in outputs))
+        state.metrics.inference_time.observe(max(r.inference_s for r in outputs))
+        return outputs
 
     @app.post("/v1/predict")
     async def predict(body: PredictRequest, request: Request) -> JSONResponse:

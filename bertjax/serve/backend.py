@@ -193,6 +193,15 @@ class EncoderBackend:
                 for shape, compiled in zip(todo, pool.map(compile_one, todo), strict=True):
                     self._compiled[shape] = compiled
 
+    def warm_up(self, shapes: Sequence[tuple[int, int]]) -> None:
+        """Runs each compiled (batch, length) once on [CLS] [SEP] rows."""
+        row = Row(
+            np.array([self.tokenizer.cls_id, self.tokenizer.sep_id], np.int32),
+            np.zeros(2, np.int32),
+        )
+        for batch_size, length in shapes:
+            self.run([row] * batch_size, (batch_size, length))
+
     @property
     def compiled_shapes(self) -> list[tuple[int, int]]:
         return sorted(self._compiled)

@@ -1,10 +1,11 @@
 """Dynamic batching: rows of concurrent requests packed under a token budget, one model thread.
 
 Request handlers `submit` their rows and await the results. One asyncio task (the collector)
-takes rows first-in first-out while they fit the `BucketGrid` (at most `max_batch_size` rows and
-rows x length bucket <= `max_batch_tokens`), optionally waiting up to `max_wait_ms` from the
-oldest row's arrival for more, and hands the batch to a single worker thread that runs the
-compiled function of the batch's bucket. While that thread computes, new rows queue up and
+takes the oldest queued row and, oldest first, the queued rows no longer than its length
+bucket while they fit the `BucketGrid` (at most `max_batch_size` rows and rows x length bucket
+<= `max_batch_tokens`), optionally waiting up to `max_wait_ms` from the oldest row's arrival
+for more, and hands the batch to a single worker thread that runs the compiled function of the
+batch's bucket. While that thread computes, new rows queue up and
 form the next batch: under load batches grow by themselves, and an idle server runs a lone
 request at once. Rows whose request has gone (client disconnected, timed out) are dropped before
 their batch is formed.
@@ -131,31 +132,38 @@ class Batcher:
             self._pending.popleft()
 
     def _take_batch(self) -> list[_Pending]:
-        """The longest run of queued rows, first-in first-out, that fits the grid."""
+        """The oldest queued row, plus the next queued rows (oldest first) that fit its length
+        bucket, up to the grid's limits.
+
+        Rows longer than the oldest row's bucket wait for a batch of their own (they are soon
+        the oldest), so a batch is padded to at most one bucket above its rows: with first-in
+        first-out batches one long row would pad every short row of its batch to its length.
+        """
+        self._drop_gone()
+        if not self._pending:
+            return []
+        bucket = self.grid.length_bucket(len(self._pending[0].row))
         batch: list[_Pending] = []
-        longest = 0
+        kept: collections.deque[_Pending] = collections.deque()
         while self._pending:
-            item = self._pending[0]
+            item = self._pending.popleft()
             if item.future.done():  # cancelled: its request has gone
-                self._pending.popleft()
                 continue
-            candidate = max(longest, len(item.row))
-            if not self.grid.fits(len(batch) + 1, candidate):
-                break
-            batch.append(self._pending.popleft())
-            longest = candidate
+            if len(item.row) <= bucket and self.grid.fits(len(batch) + 1, bucket):
+                batch.append(item)
+            else:
+                kept.append(item)
+        self._pending = kept
         return batch
 
     def _is_full(self) -> bool:
-        """Whether the queued rows already fill a batch (no point waiting for more)."""
-        rows, longest = 0, 0
-        for item in self._pending:
-            if item.future.done():
-                continue
-            rows, longest = rows + 1, max(longest, len(item.row))
-            if not self.grid.fits(rows, longest):
-                return True
-        return rows >= self.grid.max_batch_size
+        """Whether the queued rows already fill the next batch (no point waiting for more)."""
+        self._drop_gone()
+        if not self._pending:
+            return False
+        bucket = self.grid.length_bucket(len(self._pending[0].row))
+        rows = sum(1 for p in self._pending if not p.future.done() and len(p.row) <= bucket)
+        return rows >= self.grid.max_batch_size or not self.grid.fits(rows + 1, bucket)
 
     async def _collect(self) -> None:
         loop = asyncio.get_running_loop()

@@ -47,20 +47,6 @@ class EmbedRequest(_Body):
     truncate: StrictBool = False
 
 
-class GenerateRequest(_Body):
-    """POST /v1/generate (GPT runs)."""
-
-    inputs: StrictStr = Field(description="The prompt.")
-    max_new_tokens: StrictInt = Field(32, ge=1, le=4096)
-    temperature: float = Field(1.0, ge=0.0, le=100.0, allow_inf_nan=False)
-    top_k: StrictInt = Field(0, ge=0, le=1_000_000)
-    top_p: float = Field(1.0, gt=0.0, le=1.0, allow_inf_nan=False)
-    seed: StrictInt = Field(0, ge=0, le=2**31 - 1)
-    stop: list[StrictStr] = Field(default_factory=list, max_length=16)
-    banned_words: list[StrictStr] = Field(default_factory=list, max_length=1024)
-    stream: StrictBool = False
-
-
 def as_rows(inputs: PredictInputs) -> tuple[list[str], list[str | None], bool]:
     """(texts, text pairs, whether the request sent a single input) of a predict request.
 

@@ -17,6 +17,7 @@ import asyncio
 import threading
 from typing import Any, Literal
 
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from bertjax.explain import attributions, explainer, render, targets
@@ -117,8 +118,6 @@ def _bucket(run: LoadedRun, body: ExplainRequest) -> int | None:
 
 def add_routes(app: Any, source: Any) -> None:
     """Adds `GET /` and `POST /v1/explain` for the run behind `source` to the FastAPI `app`."""
-    from fastapi.responses import HTMLResponse, JSONResponse
-
     run = as_run(source)
     lock = threading.Lock()  # one explanation at a time: each one already fills the CPU/GPU
 

@@ -16,7 +16,8 @@ sweep is resumed by launching it again.
 Selection, as the paper: for each task the setting whose dev score (the task's metric at the
 end of training; `--score=best` takes the best epoch instead) has the highest median over the
 seeds. Written to `--out`: results.md and results.csv (per task: the chosen setting, median and
-mean ± std over seeds, the other metrics' medians) and runs.csv (every run).
+mean ± std over seeds, the other metrics' medians), runs.csv (every run) and curves.png (the
+training curves of every run, overlaid: `bertjax.plot`).
 """
 
 from __future__ import annotations
@@ -286,7 +287,21 @@ def write_results(out: pathlib.Path, runs: Sequence[Run], score: str = "final") 
     _write_csv(out / "results.csv", task_rows)
     _write_csv(out / "runs.csv", run_rows)
     (out / "results.md").write_text(markdown(task_rows))
+    plot_grid(out / "curves.png", runs)
     return task_rows
+
+
+def plot_grid(path: pathlib.Path, runs: Sequence[Run]) -> None:
+    """curves.png: the training curves of every run of the grid that logged metrics, overlaid
+    (`bertjax.plot`), labelled by task, learning rate, batch size, epochs and seed."""
+    from bertjax import plot
+
+    logged = [r for r in runs if (r.workdir / plot.METRICS_FILE).is_file()]
+    if not logged:
+        return
+    labels = [f"{r.task} lr={r.learning_rate:g} bs={r.batch_size} ep={r.epochs:g} s={r.seed}"
+              for r in logged]  # fmt: skip
+    plot.plot_runs([r.workdir for r in logged], path, labels, title="GLUE sweep")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -364,6 +364,7 @@ def test_sweep_runs_the_grid_and_selects_on_dev(tmp_path):
         in (tmp_path / "results.md").read_text()
     )
     assert len((tmp_path / "runs.csv").read_text().splitlines()) == 1 + 6
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     (best_row,) = glue_sweep.summarise(runs, score="best")[0]
     assert best_row["median"] == pytest.approx(1.21)  # the best epoch (step 2) instead
     # A second launch finds everything done and runs nothing.

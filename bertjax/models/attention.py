@@ -194,11 +194,13 @@ def reference_attention(
     mask: Array | None,
     *,
     dropout: Callable[[Array], Array] | None = None,
-) -> Array:
+    return_probs: bool = False,
+) -> Array | tuple[Array, Array]:
     """softmax(Q K^T / sqrt(d_k)) V with the mask, in plain einsums; q,k,v: [B, T, N, D].
 
     Scores and softmax are float32; attention-probability dropout (BERT's
-    attention_probs_dropout_prob) is applied when `dropout` is given.
+    attention_probs_dropout_prob) is applied when `dropout` is given. return_probs: also
+    return the attention probabilities [B, N, T, S] (float32, before dropout).
     """
     scale = 1.0 / jnp.sqrt(jnp.float32(q.shape[-1]))
     scores = jnp.einsum("btnd,bsnd->bnts", q, k, preferred_element_type=jnp.float32) * scale
@@ -206,9 +208,11 @@ def reference_attention(
         # A large finite negative (not -inf) keeps fully masked rows finite, as in the HF model.
         scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1)
+    kept = probs
     if dropout is not None:
         probs = dropout(probs)
-    return jnp.einsum("bnts,bsnd->btnd", probs.astype(v.dtype), v)
+    out = jnp.einsum("bnts,bsnd->btnd", probs.astype(v.dtype), v)
+    return (out, kept) if return_probs else out
 
 
 def cached_attention(q: Array, keys: Array, values: Array, mask: Array) -> Array:

@@ -141,6 +141,9 @@ class BertMLMHead(nn.Module):
 class BertModel(nn.Module):
     """The BERT backbone: returns {"hidden_states": [B, T, H], "pooled": [B, H]}.
 
+    Every head's `__call__(batch, train, embeddings=None)` may start from a given embedding
+    output (`embed`), so that attributions can differentiate with respect to it.
+
     Packed rows (several sequences per row, `bertjax.data.packing`) add batch keys
     `segment_ids` [B, T] (attention stays within equal ids), `positions` [B, T] (restarting
     at each sequence) and `cls_positions` [B, K] (each sequence's [CLS]); "pooled" is then
@@ -154,13 +157,25 @@ class BertModel(nn.Module):
         self.encoder = BertEncoder(self.cfg)
         self.pooler = BertPooler(self.cfg)
 
-    def encode(self, batch: Batch, train: bool, pool: bool = True) -> dict[str, Array]:
+    def embed(self, batch: Batch, train: bool = False) -> Array:
+        """The embedding output [B, T, H] (after its LayerNorm and dropout): what `encode`
+        continues from, and where attributions take their gradients (as captum hooks BERT).
+
+        `module.apply(variables, batch, method="embed")`."""
         input_ids = batch["input_ids"]
         token_type_ids = batch.get("token_type_ids")
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
+        return self.embeddings(input_ids, token_type_ids, not train, batch.get("positions"))
+
+    def encode(
+        self, batch: Batch, train: bool, pool: bool = True, embeddings: Array | None = None
+    ) -> dict[str, Array]:
+        """Hidden states (and "pooled") of `batch`; `embeddings` [B, T, H] given = continue
+        from that embedding output instead of `embed(batch)` (the batch then supplies only the
+        masks and positions)."""
         deterministic = not train
-        x = self.embeddings(input_ids, token_type_ids, deterministic, batch.get("positions"))
+        x = self.embed(batch, train) if embeddings is None else embeddings
         # Structured, so that cuDNN's fused attention takes the padding as key lengths
         # (right-padded rows, as every bertjax pipeline and Hugging Face tokenizer make them).
         mask = None
@@ -179,8 +194,10 @@ class BertModel(nn.Module):
             cls_hidden = jnp.take_along_axis(hidden, index, axis=1)
         return {"hidden_states": hidden, "pooled": self.pooler(cls_hidden)}
 
-    def __call__(self, batch: Batch, train: bool = False) -> dict[str, Array]:
-        return self.encode(batch, train)
+    def __call__(
+        self, batch: Batch, train: bool = False, embeddings: Array | None = None
+    ) -> dict[str, Array]:
+        return self.encode(batch, train, embeddings=embeddings)
 
 
 class BertForPreTraining(BertModel):
@@ -203,8 +220,10 @@ class BertForPreTraining(BertModel):
             hidden = jnp.take_along_axis(hidden, positions[:, :, None].astype(jnp.int32), axis=1)
         return self.mlm(hidden, self.embeddings)
 
-    def __call__(self, batch: Batch, train: bool = False) -> dict[str, Array]:
-        out = self.encode(batch, train)
+    def __call__(
+        self, batch: Batch, train: bool = False, embeddings: Array | None = None
+    ) -> dict[str, Array]:
+        out = self.encode(batch, train, embeddings=embeddings)
         out["mlm_logits"] = self.mlm_logits(batch, out["hidden_states"])
         out["nsp_logits"] = self.nsp(out["pooled"]).astype(jnp.float32)
         return out
@@ -217,8 +236,10 @@ class BertForMaskedLM(BertForPreTraining):
         BertModel.setup(self)
         self.mlm = BertMLMHead(self.cfg)
 
-    def __call__(self, batch: Batch, train: bool = False) -> dict[str, Array]:
-        out = self.encode(batch, train, pool=False)
+    def __call__(
+        self, batch: Batch, train: bool = False, embeddings: Array | None = None
+    ) -> dict[str, Array]:
+        out = self.encode(batch, train, pool=False, embeddings=embeddings)
         out["mlm_logits"] = self.mlm_logits(batch, out["hidden_states"])
         return out
 
@@ -236,8 +257,10 @@ class BertForSequenceClassification(BertModel):
             self.cfg, self.cfg.num_labels, ("embed", "labels"), name="classifier"
         )
 
-    def __call__(self, batch: Batch, train: bool = False) -> dict[str, Array]:
-        out = self.encode(batch, train)
+    def __call__(
+        self, batch: Batch, train: bool = False, embeddings: Array | None = None
+    ) -> dict[str, Array]:
+        out = self.encode(batch, train, embeddings=embeddings)
         pooled = self.dropout(out["pooled"], deterministic=not train)
         out["logits"] = self.classifier(pooled).astype(jnp.float32)
         return out

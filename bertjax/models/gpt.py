@@ -47,6 +47,10 @@ class GPTLMHeadModel(nn.Module):
     of different lengths); the padding slots are overwritten by the next chunk and never attended.
     `logits_positions` [B, P] computes the logits only at those positions of the chunk (e.g. each
     prompt's last token) instead of all T: the vocabulary projection is the costliest matmul.
+
+    `embeddings` [B, T, H]: continue from this embedding output (word + position) instead of
+    looking up `input_ids` (attributions); the embedding output of a call is sown into the
+    "intermediates" collection as "embeddings".
     """
 
     cfg: ModelConfig
@@ -60,6 +64,7 @@ class GPTLMHeadModel(nn.Module):
         *,
         decode_lengths: Array | None = None,
         logits_positions: Array | None = None,
+        embeddings: Array | None = None,
     ) -> dict[str, Array]:
         cfg = self.cfg
         input_ids = batch["input_ids"]
@@ -93,7 +98,13 @@ class GPTLMHeadModel(nn.Module):
         position_embeddings = self._embed(
             cfg.max_position_embeddings, ("position", "embed"), "position_embeddings"
         )
-        x = word_embeddings(input_ids) + position_embeddings(positions)
+        if embeddings is None:
+            x = word_embeddings(input_ids) + position_embeddings(positions)
+        else:  # attributions differentiate with respect to the embedding sum
+            x = embeddings.astype(cfg.compute_dtype)
+        # The embedding output (word + position, before dropout), kept only when the caller
+        # makes "intermediates" mutable: what `bertjax.explain` attributes to.
+        self.sow("intermediates", "embeddings", x)
         x = nn.with_logical_constraint(x, layers.ACT_BTE)
         x = layers.Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
         layer = layers.layer_class(cfg)

@@ -259,6 +259,13 @@ class MultiHeadAttention(nn.Module):
             # Causal over the cache; a `mask` argument is not used in decode mode.
             keys, values, cache_mask = self._update_cache(k, v, decode_lengths)
             out = attention.cached_attention(q, keys, values, cache_mask)
+        elif cfg.attention_impl == "reference" and deterministic:
+            out, probs = attention.reference_attention(
+                q, k, v, attention.dense_mask(mask, q.shape[1]), return_probs=True
+            )
+            # Kept only when the caller makes "intermediates" mutable (bertjax.explain runs the
+            # model with attention_impl="reference" to read every layer's and head's maps).
+            self.sow("intermediates", "attention_probs", probs)
         else:
             train_dropout = not deterministic and cfg.attention_dropout > 0
             out = attention.attend(

@@ -325,6 +325,10 @@ def create_app(
         state.metrics.queue_depth.set(state.batcher.queue_depth)
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
+    # The try-it page (GET /) and POST /v1/explain: attributions and attention maps.
+    from bertjax.explain import page as explain_page
+
+    explain_page.add_routes(app, backend)
     return LimitedApp(app, state)
 
 

@@ -20,7 +20,17 @@ Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-ROUTES = ("/v1/predict", "/v1/embed", "/v1/generate", "/health", "/info", "/metrics", "/docs")
+ROUTES = (
+    "/v1/predict",
+    "/v1/embed",
+    "/v1/generate",
+    "/v1/explain",
+    "/",
+    "/health",
+    "/info",
+    "/metrics",
+    "/docs",
+)
 
 
 def error_body(error: str, error_type: str) -> bytes:

@@ -18,25 +18,32 @@ import sys
 
 from absl import app, flags
 
-_CHECKPOINT = flags.DEFINE_string(
-    "checkpoint", None, "bertjax run directory or Hugging Face GPT-2 directory.", required=True
-)
-_PROMPT = flags.DEFINE_multi_string("prompt", [], "Prompt text (repeat the flag for a batch).")
-_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 50, "Tokens to generate per prompt.")
-_TEMPERATURE = flags.DEFINE_float("temperature", 0.8, "0 = greedy decoding.")
-_TOP_K = flags.DEFINE_integer("top_k", 0, "Sample among the k most likely tokens (0 = all).")
-_TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (1 = off).")
-_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
-_TOKENIZER = flags.DEFINE_string("tokenizer", None, "Directory of the tokenizer (overrides).")
-_DTYPE = flags.DEFINE_enum(
-    "dtype", "float32", ["float32", "bfloat16"], "Compute dtype (the run may have trained in bf16)."
-)
-_PREPEND_EOT = flags.DEFINE_bool(
-    "prepend_eot",
-    True,
-    "Start each prompt with <|endoftext|>, as every document starts in training (GPT-2 "
-    "convention); it is not printed.",
-)
+
+def _define_flags() -> None:
+    """The CLI's flags, defined only when it runs as a program: importing `load_model` (tests,
+    the server) must not claim flag names such as --checkpoint that other CLIs use too."""
+    flags.DEFINE_string(
+        "checkpoint", None, "bertjax run directory or Hugging Face GPT-2 directory.", required=True
+    )
+    flags.DEFINE_multi_string("prompt", [], "Prompt text (repeat the flag for a batch).")
+    flags.DEFINE_integer("max_new_tokens", 50, "Tokens to generate per prompt.")
+    flags.DEFINE_float("temperature", 0.8, "0 = greedy decoding.")
+    flags.DEFINE_integer("top_k", 0, "Sample among the k most likely tokens (0 = all).")
+    flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (1 = off).")
+    flags.DEFINE_integer("seed", 0, "Sampling seed.")
+    flags.DEFINE_string("tokenizer", None, "Directory of the tokenizer (overrides).")
+    flags.DEFINE_enum(
+        "dtype",
+        "float32",
+        ["float32", "bfloat16"],
+        "Compute dtype (the run may have trained in bf16).",
+    )
+    flags.DEFINE_bool(
+        "prepend_eot",
+        True,
+        "Start each prompt with <|endoftext|>, as every document starts in training (GPT-2 "
+        "convention); it is not printed.",
+    )
 
 
 def load_model(checkpoint: str, tokenizer_dir: str | None = None, dtype: str | None = None):
@@ -81,28 +88,30 @@ def load_model(checkpoint: str, tokenizer_dir: str | None = None, dtype: str | N
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not _PROMPT.value:
+    FLAGS = flags.FLAGS
+    if not FLAGS.prompt:
         raise app.UsageError("give at least one --prompt")
     from bertjax.generate import generate
 
-    model, params, tokenizer = load_model(_CHECKPOINT.value, _TOKENIZER.value, _DTYPE.value)
-    prefix = [tokenizer.eot_id] if _PREPEND_EOT.value else []
-    prompts = [prefix + tokenizer.encode(p).tolist() for p in _PROMPT.value]
+    model, params, tokenizer = load_model(FLAGS.checkpoint, FLAGS.tokenizer, FLAGS.dtype)
+    prefix = [tokenizer.eot_id] if FLAGS.prepend_eot else []
+    prompts = [prefix + tokenizer.encode(p).tolist() for p in FLAGS.prompt]
     outputs = generate(
         model,
         params,
         prompts,
-        _MAX_NEW.value,
-        temperature=_TEMPERATURE.value,
-        top_k=_TOP_K.value,
-        top_p=_TOP_P.value,
-        rng=_SEED.value,
+        FLAGS.max_new_tokens,
+        temperature=FLAGS.temperature,
+        top_k=FLAGS.top_k,
+        top_p=FLAGS.top_p,
+        rng=FLAGS.seed,
         eos_id=tokenizer.eot_id,
     )
-    for text, prompt, out in zip(_PROMPT.value, prompts, outputs, strict=True):
+    for text, prompt, out in zip(FLAGS.prompt, prompts, outputs, strict=True):
         continuation = tokenizer.decode(out[len(prompt) :], skip_special_tokens=True)
         sys.stdout.write(f"=== {text}\n{text}{continuation}\n")
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)

@@ -287,7 +287,7 @@ def main(argv: Sequence[str]) -> None:
 
         if not (FLAGS.input and FLAGS.output):
             raise SystemExit(f"a {manifest['task']} run needs --input and --output (.jsonl)")
-        run = inference.load_run(FLAGS.workdir, FLAGS.checkpoint)
+        run = inference.load_run(FLAGS.workdir, FLAGS.checkpoint or "")
         rows = predict_spans.predict_file(
             run, FLAGS.input, FLAGS.output, text_a=FLAGS.text_a, text_b=FLAGS.text_b,
             batch_size=FLAGS.batch_size,
@@ -301,7 +301,7 @@ def main(argv: Sequence[str]) -> None:
 
         if not FLAGS.output:
             raise SystemExit("--input needs --output (a .csv, .tsv or .jsonl path)")
-        run = inference.load_run(FLAGS.workdir, FLAGS.checkpoint)
+        run = inference.load_run(FLAGS.workdir, FLAGS.checkpoint or "")
         rows = predict_files.predict_file(
             run, FLAGS.input, FLAGS.output, text_a=FLAGS.text_a, text_b=FLAGS.text_b,
             fmt=FLAGS.format, batch_size=FLAGS.batch_size,
@@ -313,7 +313,7 @@ def main(argv: Sequence[str]) -> None:
         raise SystemExit(
             f"--submission_dir needs a GLUE run; {FLAGS.workdir} is a {manifest['task']} run"
         )
-    predictor = load_predictor(FLAGS.workdir, FLAGS.checkpoint)
+    predictor = load_predictor(FLAGS.workdir, FLAGS.checkpoint or "")
     if FLAGS.input and not (FLAGS.input.endswith(".csv") or FLAGS.format):
         if not FLAGS.output:
             raise SystemExit("--input needs --output (a .jsonl or .tsv path)")
@@ -339,21 +339,27 @@ def main(argv: Sequence[str]) -> None:
 
 
 def _define_flags() -> None:
+    """Defines the CLI's flags; flags another module already defined (bertjax.main's
+    --workdir, bertjax.generate_cli's --checkpoint, when imported into one process as tests do)
+    are reused rather than defined twice."""
     from absl import flags
 
-    flags.DEFINE_string("workdir", None, "Directory of a fine-tuning run.", required=True)
-    flags.DEFINE_string("checkpoint", "", "Checkpoint to load (default: the run's best).")
-    flags.DEFINE_string(
-        "input", "", "File to score: .csv, .tsv or .jsonl (GLUE runs: GLUE layout)."
-    )
-    flags.DEFINE_string("output", "", "Predictions file: .csv, .tsv or .jsonl.")
-    flags.DEFINE_string("format", "", "Input format (csv | tsv | jsonl); '' = from the extension.")
-    flags.DEFINE_string("text_a", "", "Column / JSON key of the text (default: the run's).")
-    flags.DEFINE_string("text_b", "", "Column / JSON key of the second text of a pair.")
-    flags.DEFINE_string("submission_dir", "", "Write GLUE server files (TASK.tsv) here.")
-    flags.DEFINE_string("data_dir", "", "GLUE TSV directory of the test sets ('' = TFDS).")
-    flags.DEFINE_string("tfds_data_dir", "", "TFDS data directory ('' = TFDS's default).")
-    flags.DEFINE_integer("batch_size", 64, "Examples per forward pass.")
+    def string(name: str, default: str | None, help_text: str, **kwargs: Any) -> None:
+        if name not in flags.FLAGS:
+            flags.DEFINE_string(name, default, help_text, **kwargs)
+
+    string("workdir", None, "Directory of a fine-tuning run.", required=True)
+    string("checkpoint", "", "Checkpoint to load (default: the run's best).")
+    string("input", "", "File to score: .csv, .tsv or .jsonl (GLUE runs: GLUE layout).")
+    string("output", "", "Predictions file: .csv, .tsv or .jsonl.")
+    string("format", "", "Input format (csv | tsv | jsonl); '' = from the extension.")
+    string("text_a", "", "Column / JSON key of the text (default: the run's).")
+    string("text_b", "", "Column / JSON key of the second text of a pair.")
+    string("submission_dir", "", "Write GLUE server files (TASK.tsv) here.")
+    string("data_dir", "", "GLUE TSV directory of the test sets ('' = TFDS).")
+    string("tfds_data_dir", "", "TFDS data directory ('' = TFDS's default).")
+    if "batch_size" not in flags.FLAGS:
+        flags.DEFINE_integer("batch_size", 64, "Examples per forward pass.")
 
 
 if __name__ == "__main__":

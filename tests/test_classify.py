@@ -208,7 +208,7 @@ def test_classify_config_trains_and_predicts_a_csv(tmp_path):
     new.write_text('review,id,note\n"good film, good",7,x\nbad plot,8,"a ""b"""\n')
     out = tmp_path / "pred.csv"
     flags.FLAGS.unparse_flags()
-    predict._define_flags() if "workdir" not in flags.FLAGS else None
+    predict._define_flags()
     flags.FLAGS([
         "predict", f"--workdir={workdir}", f"--input={new}", f"--output={out}",
     ])  # fmt: skip

@@ -118,7 +118,7 @@ def test_ner_config_trains_evaluates_and_predicts(tmp_path, minilm_dir):
     texts.write_text(json.dumps({"text": "Carol Smith went to Oslo."}) + "\n")
     out = tmp_path / "entities.jsonl"
     flags.FLAGS.unparse_flags()
-    predict._define_flags() if "workdir" not in flags.FLAGS else None
+    predict._define_flags()
     flags.FLAGS(["predict", f"--workdir={workdir}", f"--input={texts}", f"--output={out}"])
     predict.main(["predict"])
     (row,) = [json.loads(x) for x in out.read_text().splitlines()]

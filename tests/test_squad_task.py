@@ -159,7 +159,7 @@ def test_squad_config_trains_evaluates_and_predicts(tmp_path, minilm_dir):
     ))  # fmt: skip
     out = tmp_path / "answers.jsonl"
     flags.FLAGS.unparse_flags()
-    predict._define_flags() if "workdir" not in flags.FLAGS else None
+    predict._define_flags()
     flags.FLAGS(["predict", f"--workdir={workdir}", f"--input={qs}", f"--output={out}"])
     predict.main(["predict"])
     rows = [json.loads(x) for x in out.read_text().splitlines()]

@@ -28,6 +28,8 @@ import os
 import pathlib
 from typing import Any
 
+from absl import logging
+
 RUN_FILE = "run.json"
 FORMAT_VERSION = 1
 LEGACY_GLUE_FILE = "glue_run.json"
@@ -169,14 +171,20 @@ def build_manifest(
     return manifest
 
 
-def write_run(workdir: str | os.PathLike, config: Any, model_config: Any, data: Any) -> str:
+def write_run(workdir: str | os.PathLike, config: Any, model_config: Any, data: Any) -> str | None:
     """What the training loop calls: the tokenizer saved with the run, then run.json.
 
     `data` is the task's `TaskData`: `extras["tokenizer"]` and the task's own `manifest` fields.
+    Tasks that bertjax.inference cannot load (registered from outside, or without a tokenizer)
+    get no run.json: returns None then, else the manifest's path.
     """
     tokenizer = data.extras.get("tokenizer")
-    if tokenizer is None:
-        raise ValueError(f"task {config.task!r} gave no tokenizer (TaskData.extras['tokenizer'])")
+    if config.task not in TASKS or tokenizer is None:
+        # A task registered outside bertjax (tasks.register): bertjax.inference cannot rebuild
+        # it, so there is no manifest to write; said once, not an error.
+        reason = "no tokenizer in TaskData.extras" if tokenizer is None else "not a bertjax task"
+        logging.info("run.json not written for task %r (%s)", config.task, reason)
+        return None
     entry = save_tokenizer(workdir, tokenizer)
     manifest = build_manifest(config, model_config, entry, **dict(data.manifest))
     return write_manifest(workdir, manifest)

@@ -235,8 +235,13 @@ def check_columns(table: Table, columns: Columns, need_label: bool) -> bool:
     present = set(table.columns)
     for key, name in wanted:
         if name not in present:
+            hint = ""
+            if str(table.path).lower().endswith((".csv", ".tsv")):
+                # A file without a header shows its first row here: say where the names come from.
+                hint = " (read from its first line: a CSV/TSV file starts with a header line)"
             raise RecordError(
-                f"{table.path}: no column {name!r} ({key}); the file's columns: {table.columns}"
+                f"{table.path}: no column {name!r} ({key}); the file's columns: "
+                f"{table.columns}{hint}"
             )
     return bool(columns.label) and columns.label in present
 

@@ -249,27 +249,50 @@ def sample_logits(
     rng: Array,
     temperature: Array | float,
     *,
-    greedy: bool = False,
-    top_k: int = 0,
+    greedy: bool | Array = False,
+    top_k: int | Array = 0,
     top_p: Array | float = 1.0,
-    use_top_p: bool = False,
+    use_top_p: bool | Array = False,
+    banned: Array | None = None,
 ) -> Array:
-    """One token id per row from float32 logits [B, V] (see `generate` for the arguments)."""
-    if greedy:
-        return first_argmax(logits)
-    logits = logits.astype(jnp.float32) / temperature
+    """One token id per row from float32 logits [B, V] (see `generate` for the arguments).
+
+    `greedy`, `top_k` and `use_top_p` are Python values (each setting its own compilation, as
+    `generate` uses them) or traced arrays (one compilation serves every setting, as the server
+    needs; both branches are computed and one selected, so the tokens are the same).
+    banned: optional bool [B, V]; True tokens are never produced (their logits set to the
+    float32 minimum before top-k / top-p, as Hugging Face's bad-words processor does).
+    """
     neg_inf = jnp.finfo(jnp.float32).min
-    if top_k > 0:
-        kth_largest = jax.lax.top_k(logits, top_k)[0][:, -1:]
-        logits = jnp.where(logits < kth_largest, neg_inf, logits)
-    if use_top_p:
+
+    def ban(x: Array) -> Array:
+        return x if banned is None else jnp.where(banned, neg_inf, x)
+
+    if isinstance(greedy, bool) and greedy:
+        return first_argmax(ban(logits))
+    raw = logits
+    logits = ban(logits.astype(jnp.float32) / temperature)
+    if isinstance(top_k, int):
+        if top_k > 0:
+            kth_largest = jax.lax.top_k(logits, top_k)[0][:, -1:]
+            logits = jnp.where(logits < kth_largest, neg_inf, logits)
+    else:  # a traced k: the k-th largest of the sorted row (the same value lax.top_k gives)
+        descending = jnp.sort(logits, axis=-1)[:, ::-1]
+        k = jnp.clip(top_k, 1, logits.shape[-1]) - 1
+        kth_largest = jax.lax.dynamic_slice_in_dim(descending, k, 1, axis=1)
+        logits = jnp.where(jnp.logical_and(top_k > 0, logits < kth_largest), neg_inf, logits)
+    if not (isinstance(use_top_p, bool) and not use_top_p):
         sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
         probs = jax.nn.softmax(sorted_logits, axis=-1)
         mass_before = jnp.cumsum(probs, axis=-1) - probs  # mass of strictly more likely tokens
         keep = mass_before < top_p  # the first token always has mass_before 0
         threshold = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
-        logits = jnp.where(logits < threshold, neg_inf, logits)
-    return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+        nucleus = jnp.where(logits < threshold, neg_inf, logits)
+        logits = nucleus if isinstance(use_top_p, bool) else jnp.where(use_top_p, nucleus, logits)
+    sampled = jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+    if isinstance(greedy, bool):
+        return sampled
+    return jnp.where(greedy, first_argmax(ban(raw)), sampled)
 
 
 @functools.partial(

@@ -112,3 +112,79 @@ def small_settings(**overrides) -> ServerSettings:
 
 def tiny_app(**overrides):
     return create_app(tiny_backend(), small_settings(**overrides))
+
+
+# -- run directories of other tasks (written as training would, without training) ------------
+
+LM_TEXTS = [
+    "The cat sat on the mat and looked at the dog.",
+    "A dog ran in the park with a red ball.",
+    "Once upon a time there was a small town by the sea.",
+    "The import statement loads a module into the program.",
+    "She said that the weather was cold, but the sun was out.",
+    "Numbers like 42 and 7 appear in the story twice.",
+]
+
+
+def _write_run(workdir, params, manifest) -> None:
+    from bertjax import checkpointing
+    from bertjax.inference import manifest as manifest_lib
+
+    manifest_lib.write_manifest(workdir, {
+        "format_version": 1, "problem_type": None, "label_names": None, "data": {},
+        "best_metric": "eval/loss", "init_from": "", **manifest,
+    })  # fmt: skip
+    best = checkpointing.BestCheckpointer(workdir, "eval/loss", "min")
+    best.maybe_save(1, params, {"eval/loss": 1.0})
+    best.close()
+
+
+def write_gpt_run(workdir, *, max_positions: int = 64, seed: int = 0):
+    """A causal_lm run directory: a trained byte-level BPE (~300 tokens) and a random 2-layer
+    GPT with large weights (initializer_range 0.3), so that greedy paths are not flat. Tokens
+    that are not printable on their own (stray bytes of UTF-8 characters) get zero embeddings:
+    their logits are 0 where the best of the others is far above, so the text is readable."""
+    from bertjax.data.bpe import ByteBPETokenizer
+    from bertjax.inference import manifest as manifest_lib
+
+    tokenizer = ByteBPETokenizer.train(LM_TEXTS * 4, vocab_size=300)
+    cfg = models.get_config(
+        "gpt_tiny", vocab_size=tokenizer.vocab_size, hidden_size=64, num_heads=2, num_layers=2,
+        intermediate_size=128, max_position_embeddings=max_positions, initializer_range=0.3,
+    )  # fmt: skip
+    module = models.build(cfg)
+    batch = {"input_ids": np.zeros((1, 8), np.int32)}
+    params = jax.device_get(meta.unbox(jax.jit(module.init)(jax.random.key(seed), batch)["params"]))
+    table = np.array(params["word_embeddings"]["embedding"])
+    for i in range(tokenizer.vocab_size):
+        text = tokenizer.decode([i])
+        if i != tokenizer.eot_id and not (text.isascii() and text.isprintable() and text):
+            table[i] = 0.0
+    params["word_embeddings"]["embedding"] = table
+    entry = manifest_lib.save_tokenizer(workdir, tokenizer)
+    _write_run(workdir, params, {"task": "causal_lm", "model": cfg.to_dict(),
+                                 "tokenizer": entry, "max_seq_length": max_positions})  # fmt: skip
+    return workdir
+
+
+def write_span_run(workdir, task: str, *, max_seq_length: int, label_names=None, data=None,
+                   seed: int = 0):  # fmt: skip
+    """A squad (question_answering) or ner (token_classification) run directory of a random
+    1-layer BERT with the tiny WordPiece vocabulary."""
+    head = {"squad": "question_answering", "ner": "token_classification"}[task]
+    cfg = models.get_config(
+        "tiny", head=head, num_labels=len(label_names) if label_names else 2,
+        vocab_size=len(VOCAB), max_position_embeddings=64, num_layers=1, hidden_size=64,
+        intermediate_size=128, initializer_range=0.2,
+    )  # fmt: skip
+    module = models.build(cfg)
+    params = jax.device_get(
+        meta.unbox(jax.jit(module.init)(jax.random.key(seed), models.example_batch(cfg))["params"])
+    )
+    (workdir / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
+    _write_run(workdir, params, {
+        "task": task, "model": cfg.to_dict(), "label_names": label_names, "data": data or {},
+        "tokenizer": {"type": "wordpiece", "vocab_file": "vocab.txt", "do_lower_case": True},
+        "max_seq_length": max_seq_length,
+    })  # fmt: skip
+    return workdir

@@ -47,7 +47,8 @@ def _jitted_forward(module: Any):
     return jax.jit(functools.partial(forward, module))
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
+def softmax(x: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis (float64 logits -> tag probabilities)."""
     e = np.exp(x - x.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)
 
@@ -68,7 +69,7 @@ def word_probabilities(
             if hi - lo < batch_size:  # one compiled shape
                 v = np.concatenate([v, np.zeros((batch_size - (hi - lo), v.shape[1]), v.dtype)])
             batch[k] = v
-        chunks.append(_softmax(np.asarray(apply(run.params, batch), np.float64))[: hi - lo])
+        chunks.append(softmax(np.asarray(apply(run.params, batch), np.float64))[: hi - lo])
     num_tags = run.model_config.num_labels
     probs = np.concatenate(chunks) if chunks else np.zeros((0, 1, num_tags))
     return conll.words_from_rows(feats, probs, [len(w) for w in words])
@@ -83,28 +84,40 @@ def entities_of(tags: Sequence[str], probs: np.ndarray) -> list[dict[str, Any]]:
     return out
 
 
+def sentence_entities(names: Sequence[str], probs: np.ndarray) -> list[dict[str, Any]]:
+    """Entities of one sentence from its words' tag probabilities [num_words, num_tags]."""
+    tags = [names[i] for i in probs.argmax(-1)] if len(probs) else []
+    return entities_of(tags, probs)
+
+
+def char_entities(
+    text: str, spans: Sequence[tuple[str, int, int]], entities: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Entities (token indices) -> {"type", "start", "end", "text", "score"} in `text`, whose
+    words are `spans` (`split_words`)."""
+    out = []
+    for e in entities:
+        start, end = spans[e["first_token"]][1], spans[e["last_token"]][2]
+        out.append({"type": e["type"], "start": start, "end": end,
+                    "text": text[start:end], "score": e["score"]})  # fmt: skip
+    return out
+
+
 def predict_tokens(
     run: Any, words: Sequence[Sequence[str]], batch_size: int = 32
 ) -> list[list[dict[str, Any]]]:
     """Entities of sentences already split into words (token indices, inclusive)."""
-    names = run.label_names
-    out = []
-    for probs in word_probabilities(run, words, batch_size):
-        tags = [names[i] for i in probs.argmax(-1)] if len(probs) else []
-        out.append(entities_of(tags, probs))
-    return out
+    return [
+        sentence_entities(run.label_names, probs)
+        for probs in word_probabilities(run, words, batch_size)
+    ]
 
 
 def predict(run: Any, texts: Sequence[str], batch_size: int = 32) -> list[list[dict[str, Any]]]:
     """Entities of raw texts: {"type", "start", "end", "text", "score"}, character offsets."""
     spans = [split_words(t) for t in texts]
     results = predict_tokens(run, [[w for w, _, _ in s] for s in spans], batch_size)
-    out = []
-    for text, span, entities in zip(texts, spans, results, strict=True):
-        row = []
-        for e in entities:
-            start, end = span[e["first_token"]][1], span[e["last_token"]][2]
-            row.append({"type": e["type"], "start": start, "end": end,
-                        "text": text[start:end], "score": e["score"]})  # fmt: skip
-        out.append(row)
-    return out
+    return [
+        char_entities(text, span, entities)
+        for text, span, entities in zip(texts, spans, results, strict=True)
+    ]

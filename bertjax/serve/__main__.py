@@ -1,6 +1,7 @@
 """python -m bertjax.serve --workdir=DIR [--host 127.0.0.1 --port 8080]: serve a run over HTTP.
 
-The server compiles every (batch, length) bucket before /health answers 200 (set
+The server compiles every (batch, length) bucket (a GPT run: every prompt width and the decode
+step) before /health answers 200 (set
 --compilation_cache_dir to reuse compilations across restarts), then batches concurrent
 requests under --max_batch_tokens / --max_batch_size. SIGTERM (or Ctrl-C) stops accepting
 connections, answers what is in flight, then exits.
@@ -83,6 +84,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["float32", "bfloat16"],
         help="Compute dtype to serve in instead of the run's.",
     )
+    p.add_argument(
+        "--max_new_tokens_limit",
+        type=int,
+        default=256,
+        help="GPT runs: the most tokens a /v1/generate request may ask for.",
+    )
+    p.add_argument(
+        "--max_prompt_tokens",
+        type=int,
+        default=None,
+        help="GPT runs: the longest prompt in tokens (default: up to 256, what the model's "
+        "positions leave after --max_new_tokens_limit). One prefill is compiled per 8 tokens.",
+    )
     p.add_argument("--log_level", default="info", choices=["debug", "info", "warning", "error"])
     return p.parse_args(argv)
 
@@ -116,7 +130,13 @@ def main(argv: list[str] | None = None) -> None:
             max_payload_bytes=args.max_payload_bytes,
             request_timeout_s=args.request_timeout_s,
         )
-        backend = load_backend(args.workdir, args.checkpoint, args.dtype)
+        backend = load_backend(
+            args.workdir,
+            args.checkpoint,
+            args.dtype,
+            max_new_tokens=args.max_new_tokens_limit,
+            max_prompt_tokens=args.max_prompt_tokens,
+        )
         app = create_app(backend, settings)
     except (FileNotFoundError, ValueError) as e:
         sys.exit(f"bertjax.serve: {e}")

@@ -24,13 +24,22 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from bertjax.serve import results
+from bertjax.serve import generate_api, results, spans
 from bertjax.serve.backend import EncoderBackend, InputTooLong, Row
 from bertjax.serve.batcher import Batcher, RowResult
 from bertjax.serve.buckets import BucketGrid
+from bertjax.serve.errors import (
+    ApiError,
+    ClientGone,
+    error_response,
+    unsupported,
+    wait_for_disconnect,
+)
+from bertjax.serve.generation import GenerateOptions, GenerationBackend, GenerationWorker
 from bertjax.serve.limits import LimitsMiddleware
 from bertjax.serve.metrics import ServerMetrics
 from bertjax.serve.schemas import EmbedRequest, PredictRequest, as_rows
+from bertjax.serve.spans import SpanBackend
 
 log = logging.getLogger("bertjax.serve")
 
@@ -57,43 +66,28 @@ class ServerSettings:
         )
 
 
-class ApiError(Exception):
-    """An error answered as {"error", "error_type"} with an HTTP status."""
-
-    def __init__(self, status: int, error_type: str, message: str, headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.error_type, self.message, self.headers = (
-            status,
-            error_type,
-            message,
-            headers,
-        )
-
-
-class ClientGone(Exception):
-    """The client disconnected before its answer was ready."""
-
-
-def _error(status: int, message: str, error_type: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse(
-        {"error": message, "error_type": error_type}, status_code=status, headers=headers
-    )
-
-
 class ServerState:
     """What the routes share: the backend, the batcher, metrics and the readiness flags."""
 
-    def __init__(self, backend: EncoderBackend, settings: ServerSettings):
+    def __init__(self, backend: EncoderBackend | GenerationBackend, settings: ServerSettings):
         self.backend = backend
         self.settings = settings
-        self.grid = settings.grid(backend.max_seq_length)
         self.metrics = ServerMetrics()
-        self.batcher = Batcher(
-            backend.run,
-            self.grid,
-            max_wait_ms=settings.max_wait_ms,
-            on_batch=self.metrics.observe_batch,
-        )
+        # A GPT run generates on its own worker (token by token); the others batch rows.
+        self.generator = isinstance(backend, GenerationBackend)
+        self.grid: BucketGrid | None = None
+        self.batcher: Batcher | None = None
+        self.worker: GenerationWorker | None = None
+        if self.generator:
+            self.worker = GenerationWorker()
+        else:
+            self.grid = settings.grid(backend.max_seq_length)
+            self.batcher = Batcher(
+                backend.run,
+                self.grid,
+                max_wait_ms=settings.max_wait_ms,
+                on_batch=self.metrics.observe_batch,
+            )
         self.ready = False
         self.stopping = False
         self.failure: str | None = None
@@ -110,32 +104,56 @@ class ServerState:
         return None
 
     async def warm_up(self) -> None:
-        """Compiles every bucket (on a thread: the event loop keeps answering /health with
-        503), then runs one request through the batcher; only then is the server ready."""
+        """Compiles every shape (on a thread: the event loop keeps answering /health with
+        503), then runs one request through the batcher or a generation through the worker;
+        only then is the server ready."""
         started = time.perf_counter()
         try:
-            shapes = self.grid.shapes()
-            await asyncio.to_thread(self.backend.compile, shapes)
-            # Run every bucket once: an executable's first run pays one-off costs (on
-            # XLA:CPU several times a later run's) that must not land on a request.
-            await asyncio.to_thread(self.backend.warm_up, shapes)
-            rows = await asyncio.to_thread(
-                self.backend.featurize, ["warm-up request"], None, truncate=True
-            )
-            await asyncio.gather(*self.batcher.submit(rows))
+            if self.generator:
+                compiled = await self._warm_up_generator()
+            else:
+                compiled = await self._warm_up_encoder()
         except Exception as e:  # noqa: BLE001 - reported by /health and logged
             log.exception("start-up failed")
             self.failure = f"{type(e).__name__}: {e}"
             return
         self.startup_s = time.perf_counter() - started
         self.ready = True
-        log.info("ready: %d buckets compiled in %.1fs", len(shapes), self.startup_s)
+        log.info("ready: %d shapes compiled in %.1fs", compiled, self.startup_s)
+
+    async def _warm_up_encoder(self) -> int:
+        shapes = self.grid.shapes()
+        await asyncio.to_thread(self.backend.compile, shapes)
+        # Run every bucket once: an executable's first run pays one-off costs (on
+        # XLA:CPU several times a later run's) that must not land on a request.
+        await asyncio.to_thread(self.backend.warm_up, shapes)
+        rows = await asyncio.to_thread(
+            self.backend.featurize, ["warm-up request"], None, truncate=True
+        )
+        await asyncio.gather(*self.batcher.submit(rows))
+        return len(shapes)
+
+    async def _warm_up_generator(self) -> int:
+        # Every prefill width and the step, each run once, then a generation on the worker.
+        backend = self.backend
+        await asyncio.to_thread(backend.compile)
+        await asyncio.to_thread(backend.warm_up)
+        prompt = await asyncio.to_thread(backend.encode_prompt, "warm-up request")
+        session = backend.session(prompt, GenerateOptions(max_new_tokens=2, temperature=0.0))
+        while session.finish_reason is None:
+            await self.worker.run(session.advance)
+        return len(backend.decoder.shapes.prompt_widths) + 1
+
+    @property
+    def queue_depth(self) -> int:
+        """Rows waiting for a batch, or generations in progress."""
+        return self.worker.active if self.generator else self.batcher.queue_depth
 
     async def infer(self, rows: Sequence[Row], request: Request) -> list[RowResult]:
         """Runs rows through the batcher; drops them if the client goes or the time runs out."""
         futures = self.batcher.submit(rows)
         gathered = asyncio.gather(*futures)
-        watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+        watcher = asyncio.ensure_future(wait_for_disconnect(request))
         try:
             done, _ = await asyncio.wait(
                 {gathered, watcher},
@@ -157,15 +175,6 @@ class ServerState:
             watcher.cancel()
 
 
-async def _wait_for_disconnect(request: Request) -> None:
-    """Returns when the client disconnects (the body was read already: the next message the
-    server sends for this request is http.disconnect)."""
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
 def _timing_headers(row_results: Sequence[RowResult]) -> dict[str, str]:
     queue_s = max(r.queue_s for r in row_results)
     inference_s = max(r.inference_s for r in row_results)
@@ -173,7 +182,7 @@ def _timing_headers(row_results: Sequence[RowResult]) -> dict[str, str]:
 
 
 def create_app(
-    backend: EncoderBackend,
+    backend: EncoderBackend | GenerationBackend,
     settings: ServerSettings | None = None,
     *,
     ready_before_serving: bool = False,
@@ -188,7 +197,10 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        state.batcher.start()
+        if state.batcher is not None:
+            state.batcher.start()
+        else:
+            state.worker.start()
         warm_up = asyncio.create_task(state.warm_up())
         if ready_before_serving:
             await warm_up
@@ -200,7 +212,10 @@ def create_app(
             # uvicorn calls this after the in-flight requests have been answered (SIGTERM).
             state.stopping = True
             warm_up.cancel()
-            await state.batcher.stop()
+            if state.batcher is not None:
+                await state.batcher.stop()
+            else:
+                await state.worker.stop()
 
     app = FastAPI(
         title="bertjax prediction service",
@@ -211,7 +226,7 @@ def create_app(
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, e: ApiError) -> JSONResponse:
-        return _error(e.status, e.message, e.error_type, e.headers)
+        return error_response(e.status, e.message, e.error_type, e.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
@@ -219,28 +234,57 @@ def create_app(
         for err in e.errors()[:5]:
             where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
             problems.append(f"{where}: {err.get('msg', 'invalid')}")
-        return _error(422, "; ".join(problems), "validation")
+        return error_response(422, "; ".join(problems), "validation")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
         kinds = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
-        return _error(e.status_code, str(e.detail), kinds.get(e.status_code, "http_error"))
+        return error_response(e.status_code, str(e.detail), kinds.get(e.status_code, "http_error"))
 
     @app.exception_handler(Exception)
     async def _internal_error(request: Request, e: Exception) -> JSONResponse:
         log.exception("internal error on %s", request.url.path)
-        return _error(500, f"{type(e).__name__}: {e}", "internal")
+        return error_response(500, f"{type(e).__name__}: {e}", "internal")
+
+    @app.get("/health")
+    async def health() -> Response:
+        """200 once every bucket is compiled and a warm-up request has passed; 503 before."""
+        reason = state.not_accepting()
+        if reason is not None:
+            return error_response(503, reason, "unavailable")
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/info")
+    async def info() -> JSONResponse:
+        """The model, its labels, the server's limits and the compiled buckets."""
+        return JSONResponse(
+            {
+                "model": backend.info(),
+                "limits": dataclasses.asdict(settings),
+                "buckets": None if state.grid is None else state.grid.to_dict(),
+                "ready": state.ready,
+                "startup_seconds": state.startup_s,
+            }
+        )
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        """Prometheus text format."""
+        state.metrics.queue_depth.set(state.queue_depth)
+        return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    def _check_count(count: int) -> None:
+        if count > settings.max_client_batch_size:
+            raise ApiError(
+                413,
+                "too_many_inputs",
+                f"{count} inputs in one request; the limit is {settings.max_client_batch_size}",
+            )
 
     async def _featurize(
         texts: list[str], pairs: list[str | None] | None, truncate: bool
     ) -> list[Row]:
-        if len(texts) > settings.max_client_batch_size:
-            raise ApiError(
-                413,
-                "too_many_inputs",
-                f"{len(texts)} inputs in one request; the limit is "
-                f"{settings.max_client_batch_size}",
-            )
+        _check_count(len(texts))
         try:
             # Off the event loop: tokenising a large batch must not stall other requests.
             return await asyncio.to_thread(backend.featurize, texts, pairs, truncate=truncate)
@@ -256,28 +300,44 @@ def create_app(
         state.metrics.inference_time.observe(max(r.inference_s for r in outputs))
         return outputs
 
-    @app.post("/v1/predict")
-    async def predict(body: PredictRequest, request: Request) -> JSONResponse:
-        """Label scores of each input, best first (TEI's /predict shape)."""
-        if not backend.has_classifier:
-            raise ApiError(400, "unsupported", "this run has no classification head; use /v1/embed")
-        try:
-            texts, pairs, single = as_rows(body.inputs)
-        except ValueError as e:
-            raise ApiError(422, "validation", str(e)) from e
-        rows = await _featurize(texts, pairs, body.truncate)
-        outputs = await _run(rows, request)
-        scores = [
-            results.label_scores(
-                r.outputs["logits"],
-                problem_type=backend.problem_type,
-                label_names=backend.label_names,
-                top_k=body.top_k,
-                raw_scores=body.raw_scores,
-            )
-            for r in outputs
-        ]
-        return JSONResponse(scores[0] if single else scores, headers=_timing_headers(outputs))
+    if state.generator:
+        generate_api.add_routes(app, backend, state.worker, state)
+        _add_unsupported(app, "/v1/predict", "this is a GPT (causal_lm) run; use /v1/generate")
+        _add_unsupported(app, "/v1/embed", "this is a GPT (causal_lm) run; use /v1/generate")
+        return LimitedApp(app, state)
+
+    _add_unsupported(
+        app, "/v1/generate", f"this is a {backend.info().get('task') or 'BERT'} run, not a GPT "
+        "(causal_lm) run; generation needs a GPT run"
+    )  # fmt: skip
+    if isinstance(backend, SpanBackend):
+        spans.add_routes(app, backend, _check_count, _run)
+    else:
+
+        @app.post("/v1/predict")
+        async def predict(body: PredictRequest, request: Request) -> JSONResponse:
+            """Label scores of each input, best first (TEI's /predict shape)."""
+            if not backend.has_classifier:
+                raise unsupported(
+                    "/v1/predict", "this run has no classification head; use /v1/embed"
+                )
+            try:
+                texts, pairs, single = as_rows(body.inputs)
+            except ValueError as e:
+                raise ApiError(422, "validation", str(e)) from e
+            rows = await _featurize(texts, pairs, body.truncate)
+            outputs = await _run(rows, request)
+            scores = [
+                results.label_scores(
+                    r.outputs["logits"],
+                    problem_type=backend.problem_type,
+                    label_names=backend.label_names,
+                    top_k=body.top_k,
+                    raw_scores=body.raw_scores,
+                )
+                for r in outputs
+            ]
+            return JSONResponse(scores[0] if single else scores, headers=_timing_headers(outputs))
 
     @app.post("/v1/embed")
     async def embed(body: EmbedRequest, request: Request) -> JSONResponse:
@@ -298,38 +358,21 @@ def create_app(
         vectors = [results.embedding(r.outputs[key], normalize=body.normalize) for r in outputs]
         return JSONResponse(vectors, headers=_timing_headers(outputs))
 
-    @app.get("/health")
-    async def health() -> Response:
-        """200 once every bucket is compiled and a warm-up request has passed; 503 before."""
-        reason = state.not_accepting()
-        if reason is not None:
-            return _error(503, reason, "unavailable")
-        return JSONResponse({"status": "ok"})
-
-    @app.get("/info")
-    async def info() -> JSONResponse:
-        """The model, its labels, the server's limits and the compiled buckets."""
-        return JSONResponse(
-            {
-                "model": backend.info(),
-                "limits": dataclasses.asdict(settings),
-                "buckets": state.grid.to_dict(),
-                "ready": state.ready,
-                "startup_seconds": state.startup_s,
-            }
-        )
-
-    @app.get("/metrics")
-    async def metrics() -> Response:
-        """Prometheus text format."""
-        state.metrics.queue_depth.set(state.batcher.queue_depth)
-        return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
-
     # The try-it page (GET /) and POST /v1/explain: attributions and attention maps.
     from bertjax.explain import page as explain_page
 
     explain_page.add_routes(app, backend)
     return LimitedApp(app, state)
+
+
+def _add_unsupported(app: FastAPI, route: str, why: str) -> None:
+    """POST `route` answers 400 `unsupported` (whatever the body) for this run."""
+
+    async def handler() -> None:
+        raise unsupported(route, why)
+
+    handler.__doc__ = f"Not served for this run: {why}."
+    app.add_api_route(route, handler, methods=["POST"], name=route.strip("/").replace("/", "_"))
 
 
 class LimitedApp:

@@ -43,10 +43,15 @@ class InputTooLong(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Row:
-    """One tokenised input: `[CLS] a [SEP] (b [SEP])` ids and their segment ids."""
+    """One tokenised input: `[CLS] a [SEP] (b [SEP])` ids and their segment ids.
+
+    attention_mask: None when every token is real; else int32 [n] (a SQuAD window keeps its
+    padding so that its logits there equal those of offline prediction at full width).
+    """
 
     input_ids: np.ndarray  # int32 [n]
     token_type_ids: np.ndarray  # int32 [n]
+    attention_mask: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -65,6 +70,7 @@ class EncoderBackend:
       problem_type: "single_label" (softmax), "multi_label" (sigmoid), "regression" or None
         (no classification head).
       name: how /info names the model (the run directory, say).
+      task: the run's task (run.json), reported by /info.
     """
 
     def __init__(
@@ -78,6 +84,7 @@ class EncoderBackend:
         label_names: Sequence[str] | None = None,
         problem_type: str | None = None,
         name: str = "",
+        task: str | None = None,
     ):
         if model_config.model_type != "bert":
             raise ValueError(
@@ -109,6 +116,7 @@ class EncoderBackend:
         self.label_names = list(label_names) if self.has_classifier and label_names else None
         self.has_pooler = model_config.head in ("encoder", "pretraining", "classification")
         self.name = name
+        self.task = task
         self.params = jax.device_put(params)
         self._compiled: dict[tuple[int, int], Any] = {}
         self._compile_lock = threading.Lock()
@@ -171,8 +179,10 @@ class EncoderBackend:
         }
         if "pooled" in out:
             result["pooled"] = out["pooled"].astype(jnp.float32)
-        if "logits" in out:
-            result["logits"] = out["logits"].astype(jnp.float32)
+        # Classifier logits [B, labels], tagger logits [B, T, tags], span logits [B, T].
+        for key in ("logits", "start_logits", "end_logits"):
+            if key in out:
+                result[key] = out[key].astype(jnp.float32)
         return result
 
     def compile(self, shapes: Sequence[tuple[int, int]], *, workers: int | None = None) -> None:
@@ -222,7 +232,7 @@ class EncoderBackend:
             n = len(row)
             input_ids[i, :n] = row.input_ids
             token_type_ids[i, :n] = row.token_type_ids
-            attention_mask[i, :n] = 1
+            attention_mask[i, :n] = 1 if row.attention_mask is None else row.attention_mask
         # Padding rows keep one real key ([PAD] at position 0), so their softmax is defined.
         attention_mask[len(rows) :, 0] = 1
         outputs = jax.device_get(compiled(self.params, input_ids, token_type_ids, attention_mask))
@@ -235,6 +245,7 @@ class EncoderBackend:
         cfg = self.model_config
         return {
             "name": self.name,
+            "task": self.task,
             "model_type": cfg.model_type,
             "head": cfg.head,
             "hidden_size": cfg.hidden_size,

@@ -9,6 +9,8 @@ several apps in a process never share counters).
     bertjax_batch_tokens                           real tokens per batch run
     bertjax_queue_depth                            rows waiting for a batch
     bertjax_requests_in_flight                     requests admitted and not yet answered
+    bertjax_generated_tokens_total                 tokens generated (GPT runs)
+    bertjax_generations_total{finish_reason}       generations finished (GPT runs)
 """
 
 from __future__ import annotations
@@ -66,6 +68,16 @@ class ServerMetrics:
         )
         self.in_flight = prom.Gauge(
             "bertjax_requests_in_flight", "Requests admitted and not yet answered.", registry=r
+        )
+
+        self.generated_tokens = prom.Counter(
+            "bertjax_generated_tokens", "Tokens generated (GPT runs).", registry=r
+        )
+        self.generations = prom.Counter(
+            "bertjax_generations",
+            "Generations finished, by finish reason (GPT runs).",
+            ["finish_reason"],
+            registry=r,
         )
 
     def observe_batch(self, stats: BatchStats) -> None:

@@ -34,7 +34,7 @@ def server(tmp_path_factory):
     )
     app = create_app(backend, small_settings(request_timeout_s=60.0))
     run = inference.load_run(workdir, dtype="float32")
-    with running_server(app) as url:
+    with running_server(app, ready_timeout=600) as url:  # minutes on a busy machine
         yield url, app, run
 
 

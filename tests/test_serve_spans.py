@@ -14,11 +14,12 @@ from bertjax.serve.app import create_app
 from bertjax.serve.loading import load_backend
 
 TAGS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
-SETTINGS = dict(max_batch_size=4, max_batch_tokens=128, max_client_batch_size=8)
+SETTINGS = dict(max_batch_size=2, max_batch_tokens=64, max_client_batch_size=8)
 
 
 def _serve(workdir):
-    return running_server(create_app(load_backend(str(workdir)), small_settings(**SETTINGS)))
+    app = create_app(load_backend(str(workdir)), small_settings(**SETTINGS))
+    return running_server(app, ready_timeout=600)  # compiling takes minutes on a busy machine
 
 
 @pytest.fixture(scope="module")

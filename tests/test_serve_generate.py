@@ -4,6 +4,7 @@ sampled), stop strings cut (also streamed), banned words avoided, the SSE format
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -361,6 +362,30 @@ def test_a_disconnected_stream_stops_its_generation(server):
         assert app.state.worker.active == 0
     finally:
         backend.decoder.step = step
+
+
+def test_request_timeout_504_and_a_timeout_event_when_streaming(server):
+    url, app, _ = server
+    backend, state = app.state.backend, app.state
+    step, settings = backend.decoder.step, state.settings
+
+    def slow_step(*args, **kwargs):
+        time.sleep(0.05)
+        return step(*args, **kwargs)
+
+    backend.decoder.step = slow_step
+    state.settings = dataclasses.replace(settings, request_timeout_s=0.3)
+    try:
+        body = {"prompt": "a", "max_new_tokens": LIMIT, "temperature": 0.0}
+        r = httpx.post(f"{url}/v1/generate", json=body, timeout=60)
+        assert r.status_code == 504 and r.json()["error_type"] == "timeout", r.text
+        events = _stream(url, body)
+        assert events[-1] == {"error": events[-1]["error"], "error_type": "timeout"}
+        assert 1 <= len(events) - 1 < LIMIT and all("finish_reason" not in e for e in events)
+    finally:
+        backend.decoder.step = step
+        state.settings = settings
+    assert httpx.post(f"{url}/v1/generate", json=body, timeout=60).status_code == 200
 
 
 @pytest.mark.slow  # ~40 generations

@@ -45,7 +45,6 @@ def add_routes(
     app: FastAPI, backend: GenerationBackend, worker: GenerationWorker, state: Any
 ) -> None:
     """Adds POST /v1/generate for `backend`; `state` has `settings` and `metrics`."""
-    settings = state.settings
 
     async def start(body: GenerateRequest) -> GenerationSession:
         try:
@@ -83,10 +82,11 @@ def add_routes(
         """Continue the prompt (JSON, or server-sent events with "stream": true)."""
         session = await start(body)
         started = time.perf_counter()
-        deadline = started + settings.request_timeout_s
+        timeout = state.settings.request_timeout_s
+        deadline = started + timeout
         if body.stream:
             return StreamingResponse(
-                _stream(session, started, deadline),
+                _stream(session, started, deadline, timeout),
                 media_type="text/event-stream",
                 headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
             )
@@ -100,7 +100,7 @@ def add_routes(
                 if time.perf_counter() > deadline:
                     raise ApiError(
                         504, "timeout",
-                        f"no answer within the request timeout of {settings.request_timeout_s}s",
+                        f"no answer within the request timeout of {timeout}s",
                     )  # fmt: skip
                 await advance(session, waited)
         except ClientGone:
@@ -117,7 +117,7 @@ def add_routes(
         return JSONResponse(session.result(), headers=headers)
 
     async def _stream(
-        session: GenerationSession, started: float, deadline: float
+        session: GenerationSession, started: float, deadline: float, timeout: float
     ) -> AsyncIterator[bytes]:
         # A client that disconnects makes starlette cancel this generator (or the next send
         # fail): the session is then never advanced again and its cache is freed.
@@ -126,7 +126,6 @@ def add_routes(
         try:
             while True:
                 if time.perf_counter() > deadline:
-                    timeout = settings.request_timeout_s
                     message = f"the request timeout of {timeout}s passed"
                     yield sse({"error": message, "error_type": "timeout"})
                     return

@@ -124,3 +124,21 @@ def minilm_span_run(minilm_dir: pathlib.Path, task: str, seed: int = 0) -> infer
     tiny = tiny_span_run(minilm_dir, task)
     return replace(tiny, model_config=cfg, module=models.build(cfg), params=params,
                    max_seq_length=64, workdir=str(minilm_dir))  # fmt: skip
+
+
+def write_run_dir(workdir: pathlib.Path, run: inference.LoadedRun, task: str) -> pathlib.Path:
+    """`run` as a run directory the way training leaves it: best/ params, vocab, run.json."""
+    from bertjax import checkpointing
+    from bertjax.inference import manifest
+
+    best = checkpointing.BestCheckpointer(workdir, "eval/f1", "max")
+    best.maybe_save(1, run.params, {"eval/f1": 1.0})
+    best.close()
+    entry = manifest.save_tokenizer(workdir, run.tokenizer)
+    manifest.write_manifest(workdir, {
+        "format_version": 1, "task": task, "model": run.model_config.to_dict(),
+        "tokenizer": entry, "max_seq_length": run.max_seq_length, **{
+            k: v for k, v in run.manifest.items() if k != "task"},
+        **({"label_names": run.label_names} if run.label_names else {}),
+    })  # fmt: skip
+    return workdir

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from explain_runs import NER_TAGS, minilm_span_run, tiny_span_run
+from explain_runs import NER_TAGS, minilm_span_run, tiny_span_run, write_run_dir
 
 from bertjax.explain import explainer, ner_target, precision, qa_target, targets
 
@@ -235,28 +235,11 @@ def test_ner_errors_name_the_flag_and_the_valid_values(tiny_ner):
         explainer.explain(tiny_ner, TEXT, answer=(0, 3), method="grad_norm")
 
 
-def _write_run(workdir, run, task):
-    from bertjax import checkpointing
-    from bertjax.inference import manifest
-
-    best = checkpointing.BestCheckpointer(workdir, "eval/f1", "max")
-    best.maybe_save(1, run.params, {"eval/f1": 1.0})
-    best.close()
-    entry = manifest.save_tokenizer(workdir, run.tokenizer)
-    manifest.write_manifest(workdir, {
-        "format_version": 1, "task": task, "model": run.model_config.to_dict(),
-        "tokenizer": entry, "max_seq_length": run.max_seq_length, **{
-            k: v for k, v in run.manifest.items() if k != "task"},
-        **({"label_names": run.label_names} if run.label_names else {}),
-    })  # fmt: skip
-    return workdir
-
-
 def test_cli_on_squad_and_ner_runs(tiny_qa, tiny_ner, tmp_path, capsys):
     from bertjax.explain import __main__ as cli
 
-    qa_dir = _write_run(tmp_path / "squad", tiny_qa, "squad")
-    ner_dir = _write_run(tmp_path / "ner", tiny_ner, "ner")
+    qa_dir = write_run_dir(tmp_path / "squad", tiny_qa, "squad")
+    ner_dir = write_run_dir(tmp_path / "ner", tiny_ner, "ner")
     alice = CONTEXT.index("Alice")
     out = tmp_path / "qa"
     code = cli.main([f"--workdir={qa_dir}", f"--question={QUESTION}", f"--context={CONTEXT}",

@@ -65,6 +65,8 @@ class EncoderBackend:
       problem_type: "single_label" (softmax), "multi_label" (sigmoid), "regression" or None
         (no classification head).
       name: how /info names the model (the run directory, say).
+      manifest: the run's run.json (what else the run needs to read its inputs, e.g. a QA
+        run's windows for /v1/explain); None = a bare model.
     """
 
     def __init__(
@@ -78,6 +80,7 @@ class EncoderBackend:
         label_names: Sequence[str] | None = None,
         problem_type: str | None = None,
         name: str = "",
+        manifest: dict[str, Any] | None = None,
     ):
         if model_config.model_type != "bert":
             raise ValueError(
@@ -109,6 +112,7 @@ class EncoderBackend:
         self.label_names = list(label_names) if self.has_classifier and label_names else None
         self.has_pooler = model_config.head in ("encoder", "pretraining", "classification")
         self.name = name
+        self.manifest = manifest
         self.params = jax.device_put(params)
         self._compiled: dict[tuple[int, int], Any] = {}
         self._compile_lock = threading.Lock()

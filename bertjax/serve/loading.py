@@ -35,4 +35,5 @@ def load_backend(workdir: str, checkpoint: str = "", dtype: str | None = None) -
         label_names=run.label_names,
         problem_type=run.problem_type,
         name=workdir,
+        manifest=run.manifest,
     )

@@ -9,7 +9,8 @@
    is printed.
 2. Randomisation check: the classifier head, the pooler and the top layer re-initialised; the
    mean Spearman correlation of |gradient x input| attributions with the trained model's must
-   be < 0.5 (the gradient norm's is printed too: it does not pass).
+   be < 0.5 (the gradient norm's is printed too: it does not pass; why is measured by
+   benchmarks/explain_randomisation.py, see docs/explain.md).
 Inputs are padded to the next multiple of 16 tokens, so that each precision compiles a few shapes.
 """
 

@@ -91,3 +91,71 @@ def test_server_page_shows_a_prediction_for_typed_text(tmp_path):
         finally:
             browser.close()
     assert (tmp_path / "page.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_server_explains_qa_and_ner_runs(minilm_dir, tmp_path):
+    """A squad run served from its directory: POST /v1/explain takes question + context and
+    explains the predicted answer span; the page shows question and context fields and outlines
+    the span. An NER run's route explains a word's tag and names a bad word index."""
+    from explain_runs import tiny_span_run, write_run_dir
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from bertjax.inference import load_run
+    from bertjax.serve.loading import load_backend
+
+    question, context = "Who owns the red car?", "The red car's owner is Alice. It is red."
+    qa_dir = write_run_dir(tmp_path / "squad", tiny_span_run(minilm_dir, "squad"), "squad")
+    ner_dir = write_run_dir(tmp_path / "ner", tiny_span_run(minilm_dir, "ner"), "ner")
+
+    ner_app = FastAPI()
+    page.add_routes(ner_app, load_backend(str(ner_dir)))
+    with TestClient(ner_app) as client:
+        body = {"text": "Carol Smith went to Oslo.", "word": 4, "target": "B-LOC"}
+        answer = client.post("/v1/explain", json=body).json()
+        assert (answer["target"]["word"], answer["target"]["tag"]) == ("Oslo", "B-LOC")
+        bad = client.post("/v1/explain", json={**body, "word": 7})
+        assert bad.status_code == 422 and "--word=7 is out of range" in bad.json()["error"]
+
+    app = create_app(load_backend(str(qa_dir)), small_settings(
+        max_batch_size=2, max_batch_tokens=64, max_client_batch_size=2))  # fmt: skip
+    with running_server(app, ready_timeout=900) as url:
+        body = {"question": question, "context": context, "method": "grad_x_input"}
+        answer = httpx.post(f"{url}/v1/explain", json=body, timeout=300).json()
+        direct = explainer.explain(load_run(qa_dir), question, context, method="grad_x_input")
+        assert answer["target"] == direct["target"] and answer["target"]["kind"] == "answer_span"
+        assert answer["prediction"]["text"] == answer["target"]["text"]
+        # The server pads to a 16-token bucket: float32 sums in another order.
+        want = pytest.approx(direct["attributions"]["raw"], rel=1e-4, abs=1e-7)
+        assert answer["attributions"]["raw"] == want
+        bad = httpx.post(f"{url}/v1/explain", json={"text": question}, timeout=60)
+        assert bad.status_code == 422 and '"question" and "context"' in bad.json()["error"]
+        bad = httpx.post(f"{url}/v1/explain", timeout=60,
+                         json={**body, "answer_start": 3, "answer_end": 99})  # fmt: skip
+        assert bad.status_code == 422 and "--answer_start=3 --answer_end=99" in bad.text
+
+        browser = Browser()
+        try:
+            browser.open(url + "/")
+            browser.wait_for(
+                "document.getElementById('pair').placeholder === 'Context'", timeout_s=60
+            )
+            browser.evaluate(
+                f"document.getElementById('text').value = {json.dumps(question)};"
+                f"document.getElementById('pair').value = {json.dumps(context)};"
+                "document.getElementById('go').click(); true"
+            )
+            text = browser.wait_for(
+                "document.getElementById('prediction').textContent", timeout_s=300
+            )
+            assert "answer:" in text and "answer span" in text, text
+            outlined = browser.evaluate(
+                "Array.from(document.querySelectorAll('#tokens .tok.target'))"
+                ".map(e => e.textContent)"
+            )
+            t = direct["target"]
+            assert outlined == direct["tokens"][t["token_start"] : t["token_end"] + 1]
+            browser.screenshot(tmp_path / "qa_page.png")
+            assert browser.failed_requests == []
+        finally:
+            browser.close()

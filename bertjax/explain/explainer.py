@@ -3,10 +3,11 @@
 The result is a JSON-ready dict (format 1, documented in docs/explain.md):
 
     {"format_version": 1, "run": workdir, "task": ..., "model_type": "bert" | "gpt2",
-     "head": ..., "inputs": {"text": ..., "text_pair": ... | null},
+     "head": ..., "inputs": {"text": ..., "text_pair": ... | null},   # QA: question, context
      "tokens": [...], "token_ids": [...], "segments": [...],
      "prediction": {...},                # postprocess() of a classifier, MLM / next-token top-k
-     "target": {"kind": "class" | "masked_token" | "next_token", ..., "value": F(x)},
+     "target": {"kind": "class" | "masked_token" | "next_token" | "answer_span" | "word_tag",
+                ..., "value": F(x)},
      "method": {"name", "steps", "rule", "baseline", "score", "precision"},
      "attributions": {"raw": [T floats], "normalized": [T floats, sum |.| = 1]},
      "completeness": {"f_input", "f_baseline", "delta", "relative"} | null,   # IG only
@@ -24,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bertjax.explain import attention as attention_lib
-from bertjax.explain import attributions, precision, targets
+from bertjax.explain import attributions, ner_target, precision, qa_target, targets
 from bertjax.inference import classify
 from bertjax.inference.loader import LoadedRun
 
@@ -87,6 +88,40 @@ def _top_k(run: LoadedRun, logits: np.ndarray, k: int) -> list[dict[str, Any]]:
             for n, i in zip(names, best, strict=True)]  # fmt: skip
 
 
+def _select(run: LoadedRun, module: Any, text: str, text_pair: str | None, *, target: str | None,
+            score: str, word: int | None, answer: tuple[int, int] | None,
+            answer_tokens: tuple[int, int] | None, qa_score: str,
+            pad_to: int | None) -> tuple[targets.Selection, Any] | None:  # fmt: skip
+    """(the row and target, the score function) of a QA or NER run; None for other heads."""
+    head = run.model_config.head
+    if head == "question_answering":
+        if text_pair is None:
+            raise ValueError("a QA run explains a question (text) about a context (text_pair)")
+        if qa_score not in targets.QA_SCORES:
+            raise ValueError(
+                f"unknown qa_score {qa_score!r}; expected one of {list(targets.QA_SCORES)}"
+            )
+        chosen = qa_target.select(run, text, text_pair, answer=answer,
+                                  answer_tokens=answer_tokens, pad_to=pad_to)  # fmt: skip
+        chosen.target["score"] = qa_target.SCORE_NAMES[qa_score]
+        return chosen, targets.span_score(module, qa_score)
+    if head == "token_classification":
+        if text_pair:
+            raise ValueError("an NER run tags one text: text_pair is not used")
+        chosen = ner_target.select(run, text, word=word, tag=target, pad_to=pad_to)
+        chosen.target["score"] = score
+        return chosen, targets.tag_score(module, score)
+    return None
+
+
+def _inputs(head: str, text: str, text_pair: str | None, word: int | None) -> dict[str, Any]:
+    if head == "question_answering":
+        return {"question": text, "context": text_pair}
+    if head == "token_classification":
+        return {"text": text, "word": word}
+    return {"text": text, "text_pair": text_pair}
+
+
 def explain(
     run: LoadedRun,
     text: str,
@@ -103,19 +138,31 @@ def explain(
     top_k: int = 5,
     with_attention: bool = True,
     pad_to: int | None = None,
+    word: int | None = None,
+    answer: tuple[int, int] | None = None,
+    answer_tokens: tuple[int, int] | None = None,
+    qa_score: str = "span",
 ) -> dict[str, Any]:
     """Explains the run's output for one input (see the module docstring for the result).
 
+    text, text_pair: the input; QA runs: the question and its context.
     target: classifiers: a label name or index (default: the predicted class); MLM runs: the
       token to explain at the first [MASK] (default: the top prediction); GPT runs: the next
-      token (default: the most likely).
+      token (default: the most likely); NER runs: the tag (default: the word's predicted tag).
     method: one of `attributions.METHODS`; steps / rule: integrated gradients' integration.
     baseline: "pad" (BERT: [CLS] [PAD] ... [SEP], every token but the special ones replaced by
       [PAD], as captum's BERT tutorial; GPT: the position embeddings alone) or "zeros".
-    score: classifiers: "logit", "probability" or "log_probability" of the target class.
+    score: classifiers and NER runs: "logit", "probability" or "log_probability" of the
+      target class / tag.
     dtype: "float64" evaluates the whole model in float64 (needs jax_enable_x64).
     pad_to: BERT runs: pad the input to this many tokens (padding is masked, and its
       attributions are 0), so that inputs of different lengths share one compiled shape.
+    word: NER runs: the index of the word explained (`bertjax.inference.ner.split_words`;
+      default: the first word of the first predicted entity).
+    answer / answer_tokens: QA runs: the span explained, as (start, end) character offsets in
+      the context or (first, last) token positions (default: the predicted answer).
+    qa_score: QA runs: "span" (start logit at the span's start + end logit at its end),
+      "start" or "end".
     """
     if method not in attributions.METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {list(attributions.METHODS)}")
@@ -133,14 +180,28 @@ def explain(
         params = jax.tree_util.tree_map(lambda p: np.asarray(p, np.float64), params)
     np_dtype = np.float64 if dtype == "float64" else np.float32
 
-    batch, length = _features(run, text, text_pair, pad_to)
+    if word is not None and cfg.head != "token_classification":
+        raise ValueError("word is for NER (token-classification) runs")
+    if (answer or answer_tokens) and cfg.head != "question_answering":
+        raise ValueError("answer / answer_tokens are for QA (question-answering) runs")
+    selected = _select(run, module, text, text_pair, target=target, score=score, word=word,
+                       answer=answer, answer_tokens=answer_tokens, qa_score=qa_score,
+                       pad_to=pad_to)  # fmt: skip
+    selection: targets.Selection | None = None
+    if selected is not None:
+        selection, score_fn = selected
+        batch, length = selection.batch, selection.length
+    else:
+        batch, length = _features(run, text, text_pair, pad_to)
     ids = batch["input_ids"][0]
     tokens = _tokens(run, ids[:length])
     out, probs = attention_lib.attention_probs(module, run.params, batch)
 
     # The target: which scalar of the output to explain.
     prediction: Any
-    if cfg.head == "classification":
+    if selection is not None:
+        prediction, target_info, extra = selection.prediction, selection.target, selection.extra
+    elif cfg.head == "classification":
         logits = np.asarray(out["logits"][0], np.float64)
         prediction = classify.postprocess(run, logits[None])[0]
         index = targets.resolve_label(target, run.label_names, logits)
@@ -241,7 +302,7 @@ def explain(
         "task": run.manifest.get("task"),
         "model_type": cfg.model_type,
         "head": cfg.head,
-        "inputs": {"text": text, "text_pair": text_pair},
+        "inputs": _inputs(cfg.head, text, text_pair, word),
         "tokens": tokens,
         "token_ids": [int(i) for i in ids[:length]],
         "segments": [int(s) for s in segments],

@@ -13,6 +13,8 @@ import json
 import os
 from typing import Any
 
+from bertjax.explain.targets import describe
+
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;
 max-width:980px}
@@ -20,6 +22,7 @@ h1{font-size:20px;margin:0 0 8px} h2{font-size:16px;margin:20px 0 8px}
 .meta{color:#555;font-size:13px}
 .tokens{line-height:2.2;font-size:17px}
 .tok{padding:3px 4px;margin:0 1px;border-radius:4px;border:1px solid #ddd;white-space:pre}
+.tok.target{border:2px solid #111;font-weight:bold}
 .pred{font-size:16px;margin:8px 0} .pred b{font-size:18px}
 .controls{margin:6px 0;font-size:14px} select,button,input,textarea{font-size:14px}
 table.attn{border-collapse:collapse;font-size:11px}
@@ -35,17 +38,35 @@ function attrColor(v){
   var a=Math.min(1,Math.abs(v)*2.5);
   return v>=0?'rgba(220,40,40,'+a.toFixed(3)+')':'rgba(40,90,220,'+a.toFixed(3)+')';
 }
+function targetName(t){
+  if(t.kind==='answer_span'){return 'answer span "'+esc(t.text)+'" (characters '+t.start+'-'+
+    t.end+')';}
+  if(t.kind==='word_tag'){return 'tag '+esc(t.tag)+' of word '+t.word_index+' "'+esc(t.word)+
+    '" ('+esc(t.word_from)+')';}
+  return esc(t.kind)+' '+esc(t.label!==undefined?t.label:t.token);
+}
+function targetPositions(t){
+  if(t.kind==='answer_span'){var r=[];for(var i=t.token_start;i<=t.token_end;i++){r.push(i);}
+    return r;}
+  return t.position!==undefined?[t.position]:[];
+}
 function renderPrediction(data, el){
   var p=data.prediction, t=data.target, s='';
-  if(p && p.label!==undefined){
+  if(p && p.entities!==undefined){
+    s='entities: '+(p.entities.length?p.entities.map(function(e){return '<b>'+esc(e.text)+
+      '</b> '+esc(e.type);}).join(', '):'none');
+  } else if(p && p.n_best!==undefined){
+    s='answer: <b>'+esc(p.text||'(no answer)')+'</b> (score '+p.score.toFixed(3)+')';
+  } else if(p && p.label!==undefined){
     s='prediction: <b>'+esc(p.label)+'</b> ('+(100*p.score).toFixed(1)+'%)';
   } else if(p && p.value!==undefined){ s='prediction: <b>'+p.value.toFixed(4)+'</b>';
   } else if(Array.isArray(p)){
     s='top predictions: '+p.map(function(q){return '<b>'+esc(q.token)+'</b> '+
       (100*q.probability).toFixed(1)+'%';}).join(', ');
   }
-  s+='<div class="meta">explaining '+esc(t.kind)+' '+esc(t.label!==undefined?t.label:t.token)+
+  s+='<div class="meta">explaining '+targetName(t)+
      ' ('+esc(t.score)+' = '+t.value.toFixed(4)+') with '+esc(data.method.name);
+  if(t.note){s+=' ('+esc(t.note)+')';}
   if(data.completeness){s+=', completeness delta '+data.completeness.delta.toExponential(2);}
   el.innerHTML=s+'</div>';
 }
@@ -53,8 +74,10 @@ function esc(s){return String(s).replace(/[&<>"']/g,function(c){return {'&':'&am
   '<':'&lt;','>':'&gt;','"':'&quot;',"'":'&#39;'}[c];});}
 function renderTokens(data, el){
   var n=data.attributions.normalized, raw=data.attributions.raw;
+  var marked=targetPositions(data.target);
   el.innerHTML=data.tokens.map(function(t,i){
-    return '<span class="tok" title="'+esc(raw[i].toPrecision(4))+'" style="background:'+
+    var cls=marked.indexOf(i)>=0?'tok target':'tok';
+    return '<span class="'+cls+'" title="'+esc(raw[i].toPrecision(4))+'" style="background:'+
       attrColor(n[i])+'">'+esc(t)+'</span>';}).join(' ');
 }
 function renderAttention(data, el){
@@ -105,7 +128,8 @@ BODY = """
 <h2>Attributions</h2>
 <div id="tokens" class="tokens"></div>
 <div class="legend">red: pushes towards the explained target, blue: against
-(normalised so that the |values| sum to 1; hover for the raw value)</div>
+(normalised so that the |values| sum to 1; hover for the raw value); outlined: the target's
+tokens (a QA answer span, an NER word, an MLM [MASK])</div>
 <h2>Attention</h2>
 <div id="attention"></div>
 """
@@ -118,7 +142,8 @@ def _json_for_script(result: dict[str, Any]) -> str:
 
 def to_html(result: dict[str, Any]) -> str:
     """A self-contained HTML page of an explanation (`explainer.explain`'s result)."""
-    title = html.escape(f"bertjax explain: {result['inputs']['text'][:60]}")
+    inputs = result["inputs"]
+    title = html.escape(f"bertjax explain: {(inputs.get('text') or inputs.get('question'))[:60]}")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <style>{STYLE}</style></head>
@@ -154,9 +179,7 @@ def to_png(result: dict[str, Any], path: str | os.PathLike, layer: int | None = 
     ax.bar(range(len(tokens)), scores, color=colors)
     ax.set_xticks(range(len(tokens)), tokens, rotation=60, ha="right", fontsize=9)
     ax.axhline(0, color="#888", lw=0.8)
-    t = result["target"]
-    name = t.get("label", t.get("token"))
-    ax.set_title(f"{result['method']['name']}: {t['kind']} {name!r}", fontsize=10)
+    ax.set_title(f"{result['method']['name']}: {describe(result['target'])}", fontsize=10)
     if att is not None:
         probs = np.asarray(att["probs"])
         index = probs.shape[0] - 1 if layer is None else layer

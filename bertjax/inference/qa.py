@@ -168,12 +168,16 @@ def predict(
     run's n_best_size / max_answer_length / version_2 / null_score_diff_threshold."""
     feats, examples = featurize(run, questions, contexts)
     start, end = logits(run, feats, batch_size)
+    return postprocess(examples, feats, start, end, **settings(run, **options))
+
+
+def settings(run: Any, **options: Any) -> dict[str, Any]:
+    """`postprocess`'s keyword arguments from run.json's data (`options` override them)."""
     data = {**DEFAULTS, **(run.manifest.get("data") or {})}
-    settings = {
+    return {
         "n_best_size": int(data["n_best_size"]),
         "max_answer_length": int(data["max_answer_length"]),
         "version_2": bool(data.get("version_2", False)),
         "null_score_diff_threshold": float(data.get("null_score_diff_threshold", 0.0)),
         **options,
     }
-    return postprocess(examples, feats, start, end, **settings)

@@ -274,8 +274,10 @@ class BertForQuestionAnswering(BertModel):
         BertModel.setup(self)
         self.qa_outputs = layers.dense(self.cfg, 2, ("embed", "labels"), name="qa_outputs")
 
-    def __call__(self, batch: Batch, train: bool = False) -> dict[str, Array]:
-        out = self.encode(batch, train, pool=False)
+    def __call__(
+        self, batch: Batch, train: bool = False, embeddings: Array | None = None
+    ) -> dict[str, Array]:
+        out = self.encode(batch, train, pool=False, embeddings=embeddings)
         logits = self.qa_outputs(out["hidden_states"]).astype(jnp.float32)
         out["start_logits"], out["end_logits"] = logits[..., 0], logits[..., 1]
         return out
@@ -292,8 +294,10 @@ class BertForTokenClassification(BertModel):
             self.cfg, self.cfg.num_labels, ("embed", "labels"), name="classifier"
         )
 
-    def __call__(self, batch: Batch, train: bool = False) -> dict[str, Array]:
-        out = self.encode(batch, train, pool=False)
+    def __call__(
+        self, batch: Batch, train: bool = False, embeddings: Array | None = None
+    ) -> dict[str, Array]:
+        out = self.encode(batch, train, pool=False, embeddings=embeddings)
         hidden = self.dropout(out["hidden_states"], deterministic=not train)
         out["logits"] = self.classifier(hidden).astype(jnp.float32)
         return out

@@ -71,6 +71,8 @@ class EncoderBackend:
         (no classification head).
       name: how /info names the model (the run directory, say).
       task: the run's task (run.json), reported by /info.
+      manifest: the run's run.json (what else the run needs to read its inputs, e.g. a QA
+        run's windows for /v1/explain); None = a bare model.
     """
 
     def __init__(
@@ -85,6 +87,7 @@ class EncoderBackend:
         problem_type: str | None = None,
         name: str = "",
         task: str | None = None,
+        manifest: dict[str, Any] | None = None,
     ):
         if model_config.model_type != "bert":
             raise ValueError(
@@ -117,6 +120,7 @@ class EncoderBackend:
         self.has_pooler = model_config.head in ("encoder", "pretraining", "classification")
         self.name = name
         self.task = task
+        self.manifest = manifest
         self.params = jax.device_put(params)
         self._compiled: dict[tuple[int, int], Any] = {}
         self._compile_lock = threading.Lock()

@@ -64,4 +64,5 @@ def load_backend(
         problem_type=run.problem_type,
         name=workdir,
         task=task,
+        manifest=run.manifest,
     )

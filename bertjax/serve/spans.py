@@ -51,6 +51,8 @@ class SpanBackend(EncoderBackend):
         self.tags = list(label_names) if task == "ner" else None
         # What `qa.featurize` / `qa.predict` read from a LoadedRun.
         self.manifest = {"task": task, "data": dict(data or {})}
+        if self.tags is not None:  # the explain page reads an ner run's tags from here
+            self.manifest["label_names"] = self.tags
         settings = {**qa.DEFAULTS, **self.manifest["data"]}
         self.qa_options = {
             "n_best_size": int(settings["n_best_size"]),

@@ -9,6 +9,9 @@ training loop reads (`bertjax/optim.py`, `bertjax/sharding.py`):
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import ml_collections
 
 
@@ -92,3 +95,16 @@ def finetune_schedule(
     config.checkpoint_every = 1000
     config.keep_checkpoints = 1
     return config
+
+
+def from_file(caller: str, name: str, *args: str) -> ml_collections.ConfigDict:
+    """`get_config(*args)` of config file `name` in the directory of `caller` (a config file's
+    `__file__`): a config that differs from another in a few keys derives from it.
+
+    Loaded by path: configs/ is not a package, and the command may run from any directory.
+    """
+    path = os.path.join(os.path.dirname(os.path.abspath(caller)), name)
+    spec = importlib.util.spec_from_file_location(os.path.splitext(name)[0], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(*args)

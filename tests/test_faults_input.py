@@ -181,3 +181,11 @@ def test_skip_nonfinite_steps_skips_without_updating_then_stops(tmp_path):
     message = str(e.value)
     assert "step 6" in message and "last good checkpoint is step 5" in message
     assert "learning_rate" in message and "config.model.dtype" in message
+
+
+@pytest.mark.parametrize("config_file", ["configs/bert_tiny_pretrain.py", "configs/gpt_tiny_lm.py"])
+def test_rows_longer_than_the_position_embeddings_are_an_error_naming_both(config_file):
+    config = config_lib.load(REPO / config_file, {"data.max_seq_length": 4096})
+    task = tasks.get(config.task)
+    with pytest.raises(ValueError, match=r"max_seq_length=4096 exceeds .*max_position_embeddings"):
+        task.build_model(config, None)

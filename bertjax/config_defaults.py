@@ -9,6 +9,9 @@ training loop reads (`bertjax/optim.py`, `bertjax/sharding.py`):
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import ml_collections
 
 
@@ -54,3 +57,54 @@ def mesh(data: int = -1, fsdp: int = 1, tensor: int = 1) -> ml_collections.Confi
     block.fsdp = fsdp
     block.tensor = tensor
     return block
+
+
+def finetune_model() -> ml_collections.ConfigDict:
+    """`config.model` of a fine-tuning config: sizes come from `init_from`'s checkpoint.
+
+    preset ("" = take the checkpoint's) and vocab_size (0 = the tokenizer's / checkpoint's) are
+    checked against that checkpoint; set a preset (e.g. "tiny") to train from scratch.
+    """
+    model = ml_collections.ConfigDict()
+    model.preset = ""
+    model.vocab_size = 0
+    model.hidden_dropout = 0.1
+    model.attention_dropout = 0.1
+    model.dtype = "float32"  # compute dtype; "bfloat16" for mixed precision
+    model.param_dtype = "float32"
+    model.remat = "none"
+    model.attention_impl = "auto"  # see bertjax/models/config.py
+    model.kernels = "auto"  # "auto" | "xla" | "cpu_bf16": see bertjax/kernels
+    return model
+
+
+def finetune_schedule(
+    config: ml_collections.ConfigDict, *, num_train_epochs: float = 3.0
+) -> ml_collections.ConfigDict:
+    """Sets the epoch-based schedule keys of a fine-tuning config on `config`; returns it.
+
+    Evaluation on the whole validation set at the end of every epoch; one checkpoint kept.
+    """
+    config.batch_size = 32
+    config.eval_batch_size = 0  # 0 = batch_size
+    config.num_train_epochs = num_train_epochs
+    config.total_steps = 0  # derived from num_train_epochs
+    config.log_every = 50
+    config.eval_every = 0  # 0 = at the end of every epoch
+    config.eval_batches = 0  # unused: the whole validation set is evaluated
+    config.checkpoint_every = 1000
+    config.keep_checkpoints = 1
+    return config
+
+
+def from_file(caller: str, name: str, *args: str) -> ml_collections.ConfigDict:
+    """`get_config(*args)` of config file `name` in the directory of `caller` (a config file's
+    `__file__`): a config that differs from another in a few keys derives from it.
+
+    Loaded by path: configs/ is not a package, and the command may run from any directory.
+    """
+    path = os.path.join(os.path.dirname(os.path.abspath(caller)), name)
+    spec = importlib.util.spec_from_file_location(os.path.splitext(name)[0], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(*args)

@@ -13,62 +13,32 @@ from the layer-wise trust ratio.
 
 A batch of 65536 does not fit at once on most slices: set ``optim.grad_accum_steps`` so that
 batch_size / grad_accum_steps sequences fit (e.g. 64 on a v4-128 for phase 1); one logged step
-is still one optimizer step.
+is still one optimizer step. Model, data and the rest are configs/bert_large_pretrain.py's.
 """
 
 import ml_collections
 
 from bertjax import config_defaults
-from bertjax.data.settings import default_data_config
 
 PHASES = {
-    # phase: (max_seq_length, max_predictions_per_seq, batch, steps, lr, warmup proportion)
-    "phase1": (128, 20, 65_536, 7_038, 6e-3, 0.2843),
-    "phase2": (512, 80, 32_768, 1_563, 4e-3, 0.128),
+    # phase: (batch, steps, lr, warmup proportion); sequence lengths as bert_large_pretrain's
+    # (128 with 20 predictions, then 512 with 80).
+    "phase1": (65_536, 7_038, 6e-3, 0.2843),
+    "phase2": (32_768, 1_563, 4e-3, 0.128),
 }
 
 
 def get_config(phase: str = "phase1") -> ml_collections.ConfigDict:
     """BERT-large + LAMB, `phase` "phase1" or "phase2"."""
-    if phase not in PHASES:
-        raise ValueError(f"unknown phase {phase!r}; expected one of {sorted(PHASES)}")
-    seq, predictions, batch, steps, lr, warmup = PHASES[phase]
-    config = ml_collections.ConfigDict()
-    config.task = "bert_pretrain"
-    config.seed = 0
-
-    config.model = ml_collections.ConfigDict()
-    config.model.preset = "large"
-    config.model.vocab_size = 30522
-    config.model.max_position_embeddings = 512
-    config.model.hidden_dropout = 0.1
-    config.model.attention_dropout = 0.1
-    config.model.dtype = "bfloat16"
-    config.model.param_dtype = "float32"
-    config.model.remat = "none"
-
-    config.data = default_data_config()
-    config.data.source = "text_files"
-    config.data.vocab_file = ""
-    config.data.max_seq_length = seq
-    config.data.max_predictions_per_seq = predictions
-    config.data.eval_fraction = 0.001
-
+    config = config_defaults.from_file(__file__, "bert_large_pretrain.py", phase)
+    batch, steps, lr, warmup = PHASES[phase]
     config.batch_size = batch
     config.total_steps = steps
     config.log_every = 10
     config.eval_every = 500
     config.eval_batches = 4
     config.checkpoint_every = 200
-    config.keep_checkpoints = 3
-    config.skip_nonfinite_steps = 0  # > 0: skip up to so many NaN/Inf steps (no update)
-    config.nsp_weight = 1.0
-    config.profile_steps = ""  # e.g. "10,15": jax.profiler trace of steps 10-14
-    config.init_from = ""
-
     config.optim = config_defaults.optimizer(
         name="lamb", learning_rate=lr, warmup_proportion=warmup
     )
-
-    config.mesh = config_defaults.mesh()
     return config

@@ -13,28 +13,18 @@ into sentences on Chinese and English terminators (`bertjax.data.sentences`). Ev
 the command line.
 """
 
-import importlib.util
-import os
-
 import ml_collections
+
+from bertjax import config_defaults
 
 # bert-base-chinese's vocab.txt (21,128 tokens) where the development machines keep it; point
 # --config.data.vocab_file elsewhere on other machines.
 CHINESE_VOCAB = "../shared/data/chinese/bert-base-chinese/vocab.txt"
 
 
-def _tiny_config() -> ml_collections.ConfigDict:
-    # Loaded by path: configs/ is not a package, and the command may run from any directory.
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bert_tiny_pretrain.py")
-    spec = importlib.util.spec_from_file_location("bert_tiny_pretrain", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
 def get_config() -> ml_collections.ConfigDict:
     """The tiny pretraining config reading Chinese paragraphs with the bert-base-chinese vocab."""
-    config = _tiny_config()
+    config = config_defaults.from_file(__file__, "bert_tiny_pretrain.py")
     config.data.source = "text_files"
     config.data.text_files = ""  # required: one document per blank-line-separated paragraph
     config.data.text_format = "paragraphs"

@@ -27,16 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
     # (multi_label), eval/pearson (regression); or e.g. "eval/macro_f1", "eval/loss" (min).
     config.best_metric = ""
 
-    config.model = ml_collections.ConfigDict()
-    config.model.preset = ""  # "" = init_from's sizes; a preset (e.g. "tiny") to train from scratch
-    config.model.vocab_size = 0  # 0 = the tokenizer's / checkpoint's
-    config.model.hidden_dropout = 0.1
-    config.model.attention_dropout = 0.1
-    config.model.dtype = "float32"
-    config.model.param_dtype = "float32"
-    config.model.remat = "none"
-    config.model.attention_impl = "auto"
-    config.model.kernels = "auto"  # "auto" | "xla" | "cpu_bf16": see bertjax/kernels
+    config.model = config_defaults.finetune_model()
 
     config.data = ml_collections.ConfigDict()
     config.data.train_file = ""
@@ -56,15 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.do_lower_case = True
     config.data.max_seq_length = 128
 
-    config.batch_size = 32
-    config.eval_batch_size = 0  # 0 = batch_size
-    config.num_train_epochs = 3.0
-    config.total_steps = 0  # derived from num_train_epochs
-    config.log_every = 50
-    config.eval_every = 0  # 0 = at the end of every epoch
-    config.eval_batches = 0  # unused: the whole validation file is evaluated
-    config.checkpoint_every = 1000
-    config.keep_checkpoints = 1
+    config_defaults.finetune_schedule(config)
 
     # Warmup: 10% of the steps (replaces warmup_steps), then linear decay.
     config.optim = config_defaults.optimizer(learning_rate=2e-5, warmup_proportion=0.1)

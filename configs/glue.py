@@ -41,16 +41,7 @@ def get_config(task: str = "mrpc") -> ml_collections.ConfigDict:
 
     # Model: sizes come from init_from's checkpoint. config.model.preset ("" = take the
     # checkpoint's) and vocab_size (0 = the tokenizer's / checkpoint's) are checked against it.
-    config.model = ml_collections.ConfigDict()
-    config.model.preset = ""
-    config.model.vocab_size = 0
-    config.model.hidden_dropout = 0.1
-    config.model.attention_dropout = 0.1
-    config.model.dtype = "float32"  # compute dtype; "bfloat16" for mixed precision
-    config.model.param_dtype = "float32"
-    config.model.remat = "none"
-    config.model.attention_impl = "auto"  # see bertjax/models/config.py
-    config.model.kernels = "auto"  # "auto" | "xla" | "cpu_bf16": see bertjax/kernels
+    config.model = config_defaults.finetune_model()
 
     config.data = ml_collections.ConfigDict()
     config.data.task = glue_task.name
@@ -63,15 +54,7 @@ def get_config(task: str = "mrpc") -> ml_collections.ConfigDict:
     config.data.bad_rows = "error"  # "error" | "skip" (malformed TSV rows; skips are logged)
 
     # Recipe (BERT paper defaults; the sweep varies learning_rate, batch_size, epochs).
-    config.batch_size = 32
-    config.eval_batch_size = 0  # 0 = batch_size
-    config.num_train_epochs = 3.0
-    config.total_steps = 0  # derived from num_train_epochs
-    config.log_every = 50
-    config.eval_every = 0  # 0 = at the end of every epoch
-    config.eval_batches = 0  # unused: GLUE evaluates the whole dev set
-    config.checkpoint_every = 1000
-    config.keep_checkpoints = 1
+    config_defaults.finetune_schedule(config)
     config.skip_nonfinite_steps = 0  # > 0: skip up to so many NaN/Inf steps (no update)
 
     # Warmup: 10% of the steps (replaces warmup_steps), then linear decay.

@@ -23,16 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.init_from = ""  # HF checkpoint dir or bertjax run / checkpoint; "" = from scratch
     config.best_metric = ""  # "" = eval/f1
 
-    config.model = ml_collections.ConfigDict()
-    config.model.preset = ""  # "" = init_from's sizes; a preset to train from scratch
-    config.model.vocab_size = 0
-    config.model.hidden_dropout = 0.1
-    config.model.attention_dropout = 0.1
-    config.model.dtype = "float32"
-    config.model.param_dtype = "float32"
-    config.model.remat = "none"
-    config.model.attention_impl = "auto"
-    config.model.kernels = "auto"  # "auto" | "xla" | "cpu_bf16": see bertjax/kernels
+    config.model = config_defaults.finetune_model()
 
     config.data = ml_collections.ConfigDict()
     config.data.train_file = ""
@@ -46,15 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.do_lower_case = True  # must match the checkpoint (cased models: False)
     config.data.max_seq_length = 128
 
-    config.batch_size = 32
-    config.eval_batch_size = 0  # 0 = batch_size
-    config.num_train_epochs = 3.0
-    config.total_steps = 0  # derived from num_train_epochs
-    config.log_every = 50
-    config.eval_every = 0  # 0 = at the end of every epoch
-    config.eval_batches = 0  # unused: the whole files are evaluated
-    config.checkpoint_every = 1000
-    config.keep_checkpoints = 1
+    config_defaults.finetune_schedule(config)
 
     config.optim = config_defaults.optimizer(learning_rate=5e-5, warmup_proportion=0.1)
     config.mesh = config_defaults.mesh()

@@ -41,3 +41,32 @@ def test_builders_give_fresh_blocks_with_overrides():
     )
     assert (lamb.name, lamb.warmup_proportion, lamb.b2) == ("lamb", 0.2, 0.95)
     assert config_defaults.mesh(fsdp=4).to_dict() == {"data": -1, "fsdp": 4, "tensor": 1}
+
+
+@pytest.mark.parametrize("phase", ["phase1", "phase2"])
+def test_derived_pretraining_configs_differ_from_their_base_only_where_they_say(phase):
+    root = CONFIGS[0].parent
+
+    def flat(name):
+        config = config_lib.load(f"{root / name}:{phase}")
+        config_lib.validate(config)
+        return {
+            f"{block}.{k}" if block else k: v
+            for block, values in [("", config)]
+            + [(k, v) for k, v in config.items() if hasattr(v, "items")]
+            for k, v in values.items()
+            if not hasattr(v, "items")
+        }
+
+    base, large, lamb = (
+        flat(f"{name}.py")
+        for name in ("bert_base_pretrain", "bert_large_pretrain", "bert_large_lamb_pretrain")
+    )
+    assert {k for k in base if base[k] != large[k]} == {"model.preset"}
+    assert (base["model.preset"], large["model.preset"]) == ("base", "large")
+    seq = {"phase1": (128, 20), "phase2": (512, 80)}[phase]
+    assert (large["data.max_seq_length"], large["data.max_predictions_per_seq"]) == seq
+    assert set(lamb) == set(large) | {"optim.warmup_proportion"}
+    assert lamb["optim.name"] == "lamb" and lamb["data.max_seq_length"] == seq[0]
+    with pytest.raises(ValueError, match="unknown phase"):
+        config_lib.load(f"{root / 'bert_large_lamb_pretrain.py'}:phase3")

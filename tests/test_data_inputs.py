@@ -14,7 +14,6 @@ from bertjax.data import (
     embedded_corpus,
 )
 from bertjax.data.cleaning import CleaningStats, clean_documents, normalize_text
-from bertjax.data.sentences import split_sentences
 from bertjax.data.sources import read_text_files
 from bertjax.data.tokenizer import read_vocab_file
 
@@ -67,22 +66,6 @@ def test_globs_and_comma_lists(tmp_path):
     spec = f"{tmp_path}/part[01].txt, {tmp_path}/part2.txt"
     docs = read_text_files(spec, text_format="bert", unicode_errors="strict", stats=stats)
     assert docs == DOCS[:12] and stats.files_read == 3
-
-
-def test_split_sentences():
-    text = (
-        'Dr. Smith arrived at 5 p.m. yesterday. He said "Hello!" Then he left? '
-        "Yes. See e.g. the docs, i.e. the manual. J. R. R. Tolkien wrote it. 3 cats ran."
-    )
-    assert split_sentences(text) == [
-        "Dr. Smith arrived at 5 p.m. yesterday.",
-        'He said "Hello!"',
-        "Then he left?",
-        "Yes.",
-        "See e.g. the docs, i.e. the manual.",
-        "J. R. R. Tolkien wrote it.",
-        "3 cats ran.",
-    ]
 
 
 def test_embedded_corpus_is_clean_english_prose():

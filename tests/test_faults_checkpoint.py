@@ -16,21 +16,14 @@ import time
 import jax
 import numpy as np
 import pytest
+from launch_util import TINY_MODEL
 
 from bertjax import checkpointing, config_lib, train, workdir
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = "configs/bert_tiny_pretrain.py"
 TINY = {
-    "model.num_layers": 1,
-    "model.hidden_size": 32,
-    "model.num_heads": 2,
-    "model.intermediate_size": 64,
-    "model.max_position_embeddings": 32,
-    "data.max_seq_length": 32,
-    "data.max_predictions_per_seq": 5,
-    "data.vocab_size": 1000,
-    "batch_size": 8,
+    **TINY_MODEL,
     "log_every": 1,
     "eval_every": -1,
     "checkpoint_every": 2,
@@ -55,11 +48,19 @@ def metrics_of(path):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A run directory with the checkpoints of steps 2 and 4, and the losses up to step 6."""
+    """A run directory with the checkpoints of steps 2 and 4, and the losses up to step 6.
+
+    One run to step 6 gives both: its directory without the step-6 checkpoint is a run stopped
+    after saving step 4 (a resumed run drops the logged steps after the one it restores).
+    """
     reference = tmp_path_factory.mktemp("reference")
     run(reference, 6)
-    path = tmp_path_factory.mktemp("trained")
-    run(path, 4)
+    path = tmp_path_factory.mktemp("trained") / "run"
+    shutil.copytree(reference, path)
+    shutil.rmtree(path / "checkpoints" / "6")
+    ckpt = checkpointing.Checkpointer(path, keep=3)
+    assert ckpt.all_steps() == [2, 4]
+    ckpt.close()
     return path, metrics_of(reference)
 
 

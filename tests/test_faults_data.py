@@ -6,21 +6,14 @@ import pickle
 import jax
 import numpy as np
 import pytest
+from launch_util import TINY_MODEL
 
 from bertjax import checkpointing, config_lib, convert, inputs, train
 from bertjax.data import build_pretraining_data, embedded_corpus
 
 TINY = {
-    "model.num_layers": 1,
-    "model.hidden_size": 32,
-    "model.num_heads": 2,
-    "model.intermediate_size": 64,
-    "model.max_position_embeddings": 32,
-    "data.max_seq_length": 32,
-    "data.max_predictions_per_seq": 5,
-    "data.vocab_size": 1000,
+    **TINY_MODEL,
     "data.source": "text_files",
-    "batch_size": 8,
     "log_every": 1,
     "eval_every": -1,
     "checkpoint_every": 2,

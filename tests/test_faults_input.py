@@ -10,21 +10,14 @@ import sys
 import jax
 import numpy as np
 import pytest
+from launch_util import TINY_MODEL
 
 from bertjax import checkpointing, config_lib, tasks, train
 from bertjax.tasks import bert_pretrain
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = {
-    "model.num_layers": 1,
-    "model.hidden_size": 32,
-    "model.num_heads": 2,
-    "model.intermediate_size": 64,
-    "model.max_position_embeddings": 32,
-    "data.max_seq_length": 32,
-    "data.max_predictions_per_seq": 5,
-    "data.vocab_size": 1000,
-    "batch_size": 8,
+    **TINY_MODEL,
     "log_every": 1,
     "eval_every": -1,
     "checkpoint_every": 1,
@@ -181,3 +174,11 @@ def test_skip_nonfinite_steps_skips_without_updating_then_stops(tmp_path):
     message = str(e.value)
     assert "step 6" in message and "last good checkpoint is step 5" in message
     assert "learning_rate" in message and "config.model.dtype" in message
+
+
+@pytest.mark.parametrize("config_file", ["configs/bert_tiny_pretrain.py", "configs/gpt_tiny_lm.py"])
+def test_rows_longer_than_the_position_embeddings_are_an_error_naming_both(config_file):
+    config = config_lib.load(REPO / config_file, {"data.max_seq_length": 4096})
+    task = tasks.get(config.task)
+    with pytest.raises(ValueError, match=r"max_seq_length=4096 exceeds .*max_position_embeddings"):
+        task.build_model(config, None)

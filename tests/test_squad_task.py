@@ -231,3 +231,26 @@ def test_v2_files_read_unanswerable_questions_and_train_on_cls(minilm_dir, tmp_p
     path.write_text(json.dumps(doc))
     with pytest.raises(squad.SquadDataError, match="question n: no answers and not is_impossible"):
         squad.read_squad_json(str(path))
+
+
+def test_best_metric_of_squad_and_ner_configs():
+    from bertjax import config_lib
+    from bertjax.tasks import ner as ner_task
+    from bertjax.tasks import squad as squad_task
+
+    for task, config_file in ((squad_task, "configs/squad.py"), (ner_task, "configs/ner.py")):
+        config = config_lib.load(REPO / config_file)
+        assert task.best_metric(config) is None  # no validation set: the last params are kept
+        config = config_lib.load(REPO / config_file, {"data.validation_file": "dev"})
+        assert task.best_metric(config) == ("eval/f1", "max")
+        config = config_lib.load(
+            REPO / config_file, {"data.validation_file": "dev", "best_metric": "eval/loss"}
+        )
+        assert task.best_metric(config) == ("eval/loss", "min")
+    # SQuAD from TFDS: a validation split is an eval set; an empty one is none.
+    config = config_lib.load(REPO / "configs/squad.py", {"data.tfds_name": "squad/v1.1"})
+    assert squad_task.best_metric(config) == ("eval/f1", "max")
+    config = config_lib.load(
+        REPO / "configs/squad.py", {"data.tfds_name": "squad/v1.1", "data.validation_split": ""}
+    )
+    assert squad_task.best_metric(config) is None

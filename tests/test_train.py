@@ -6,21 +6,14 @@ import jax
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
+from launch_util import TINY_MODEL
 
 from bertjax import checkpointing, config_lib, metrics, train
 
 CONFIG = "configs/bert_tiny_pretrain.py"
 # L1/H32, seq 32, a 1000-token vocabulary, batch 8: a step takes milliseconds.
 TINY = {
-    "model.num_layers": 1,
-    "model.hidden_size": 32,
-    "model.num_heads": 2,
-    "model.intermediate_size": 64,
-    "model.max_position_embeddings": 32,
-    "data.max_seq_length": 32,
-    "data.max_predictions_per_seq": 5,
-    "data.vocab_size": 1000,
-    "batch_size": 8,
+    **TINY_MODEL,
     "log_every": 1,
     "eval_every": -1,
     "eval_batches": 2,

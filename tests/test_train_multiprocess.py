@@ -9,43 +9,16 @@ process its own data position) and logs the same steps 3 and 4 again.
 """
 
 import dataclasses
-import json
-import pathlib
 import shutil
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
+from launch_util import CONFIG, TWO_PROCESS_OVERRIDES, read_metrics, run_two_processes
 
 from bertjax import config_lib, tasks, train
 from bertjax.tasks import bert_pretrain
 from bertjax.tasks.base import HostInfo, TaskData
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-OVERRIDES = {
-    "model.num_layers": 1,
-    "model.hidden_size": 32,
-    "model.num_heads": 2,
-    "model.intermediate_size": 64,
-    "model.max_position_embeddings": 32,
-    "data.max_seq_length": 32,
-    "data.max_predictions_per_seq": 5,
-    "data.vocab_size": 1000,
-    "batch_size": 8,
-    "total_steps": 4,
-    "log_every": 1,
-    "eval_every": 0,  # at the end
-    "eval_batches": 2,
-    "checkpoint_every": 2,
-    "keep_checkpoints": 2,
-    "optim.warmup_steps": 1,
-    # Data parallel across the two processes, tensor parallel inside each.
-    "mesh.data": 2,
-    "mesh.fsdp": 1,
-    "mesh.tensor": 2,
-}
 
 pytestmark = pytest.mark.slow
 
@@ -91,42 +64,23 @@ def _two_hosts_in_one(config, host: HostInfo) -> TaskData:
     )
 
 
-def _two_process_job(workdir: pathlib.Path) -> subprocess.CompletedProcess:
-    args = [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
-    result = subprocess.run(
-        [
-            sys.executable,
-            "launch/local_multiprocess.py",
-            "--num_processes=2",
-            "--devices_per_process=2",
-            "--",
-            "--config=configs/bert_tiny_pretrain.py",
-            f"--workdir={workdir}",
-            *args,
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    return result
-
-
-def test_two_processes_give_the_losses_of_one_with_four_devices(tmp_path):
+def test_two_processes_give_the_losses_of_one_with_four_devices(
+    tmp_path, two_process_job, subprocess_compile_cache
+):
+    # The job (the `two_process_job` fixture) also serves tests/test_faults_topology.py: a copy
+    # is restarted here.
+    job_dir, output = two_process_job
+    assert "(2 processes)" in output
     two = tmp_path / "two_processes"
-    result = _two_process_job(two)
-    assert "(2 processes)" in result.stdout
-    got = [json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines()]
+    shutil.copytree(job_dir, two)
+    got = read_metrics(two)
 
     tasks.register(
         dataclasses.replace(
             bert_pretrain.TASK, name="two_hosts_in_one", build_data=_two_hosts_in_one
         )
     )
-    config = config_lib.load(
-        "configs/bert_tiny_pretrain.py", {**OVERRIDES, "task": "two_hosts_in_one"}
-    )
+    config = config_lib.load(CONFIG, {**TWO_PROCESS_OVERRIDES, "task": "two_hosts_in_one"})
     want = train.run(config, tmp_path / "one_process", devices=jax.devices()[:4]).records
 
     assert [r["step"] for r in got] == [r["step"] for r in want] == [1, 2, 3, 4]
@@ -146,9 +100,11 @@ def test_two_processes_give_the_losses_of_one_with_four_devices(tmp_path):
     # A crash after step 2's checkpoint: the restart restores it in both processes and repeats
     # steps 3 and 4 exactly.
     shutil.rmtree(two / "checkpoints" / "4")
-    restart = _two_process_job(two)
+    # Process 0 of the restart takes the job's programs from the compilation cache (JAX
+    # keys its entries per process and writes process 0's only), leaving process 1 a core.
+    restart = run_two_processes(two, TWO_PROCESS_OVERRIDES, cache_dir=subprocess_compile_cache)
     assert restart.stdout.count("resumed from") + restart.stderr.count("resumed from") == 2
-    again = [json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines()]
+    again = read_metrics(two)
     assert [r["step"] for r in again] == [1, 2, 3, 4]
     for g, a in zip(got, again, strict=True):
         for key in ("loss", "mlm_loss", "nsp_loss", "grad_norm", "param_norm", "learning_rate"):

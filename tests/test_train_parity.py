@@ -14,6 +14,8 @@ of the seeds.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -105,6 +107,21 @@ def _bertjax_loss(model, params, batch, rng, head: str) -> jax.Array:
 def bertjax_curve(directory, head: str, dropout: float, seed: int | None) -> np.ndarray:
     """Losses of STEPS optimizer steps; seed None = dropout off (deterministic)."""
     cfg, params = from_hf(directory, hidden_dropout=dropout, attention_dropout=dropout)
+    tx, step = _train_step(cfg, head, seed is not None)
+    params = jax.tree.map(jnp.asarray, params)
+    opt_state = tx.init(params)
+    losses = []
+    key = jax.random.PRNGKey(seed or 0)
+    for i, batch in enumerate(_batches(head)):
+        params, opt_state, loss = step(params, opt_state, batch, jax.random.fold_in(key, i))
+        losses.append(float(loss))
+    return np.array(losses)
+
+
+@functools.cache
+def _train_step(cfg: models.ModelConfig, head: str, train: bool):
+    """(optimizer, jitted step) for a model config: built once, so that the seeds of a curve
+    share one compilation (the seed only changes the dropout key, an argument)."""
     model = models.build(cfg)
     tx, _ = optim.build(
         {
@@ -119,23 +136,16 @@ def bertjax_curve(directory, head: str, dropout: float, seed: int | None) -> np.
         total_steps=STEPS,
         warmup_steps=RECIPE["warmup"],
     )
-    params = jax.tree.map(jnp.asarray, params)
-    opt_state = tx.init(params)
 
     @jax.jit
     def step(params, opt_state, batch, rng):
         loss, grads = jax.value_and_grad(
-            lambda p: _bertjax_loss(model, p, batch, rng if seed is not None else None, head)
+            lambda p: _bertjax_loss(model, p, batch, rng if train else None, head)
         )(params)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    losses = []
-    key = jax.random.PRNGKey(seed or 0)
-    for i, batch in enumerate(_batches(head)):
-        params, opt_state, loss = step(params, opt_state, batch, jax.random.fold_in(key, i))
-        losses.append(float(loss))
-    return np.array(losses)
+    return tx, step
 
 
 def hf_curve(directory, head: str, dropout: float, seed: int | None) -> np.ndarray:

@@ -6,7 +6,6 @@ again to the end: every logged step must then carry the reference's losses, bit 
 """
 
 import json
-import os
 import pathlib
 import signal
 import subprocess
@@ -14,19 +13,11 @@ import sys
 import time
 
 import pytest
+from launch_util import CONFIG, REPO, TINY_MODEL, compilation_cache_env, config_flags
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 TOTAL_STEPS = 40
 OVERRIDES = {
-    "model.num_layers": 1,
-    "model.hidden_size": 32,
-    "model.num_heads": 2,
-    "model.intermediate_size": 64,
-    "model.max_position_embeddings": 32,
-    "data.max_seq_length": 32,
-    "data.max_predictions_per_seq": 5,
-    "data.vocab_size": 1000,
-    "batch_size": 8,
+    **TINY_MODEL,
     "total_steps": TOTAL_STEPS,
     "log_every": 1,
     "eval_every": -1,
@@ -40,19 +31,17 @@ pytestmark = pytest.mark.slow
 
 
 def _start(workdir: pathlib.Path, cache: pathlib.Path) -> subprocess.Popen:
-    env = dict(os.environ)
-    # All runs compile the same program: share it through JAX's persistent cache.
-    env["JAX_COMPILATION_CACHE_DIR"] = str(cache)
-    args = [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
+    # All runs compile the same programs: share them through JAX's persistent cache.
+    env = compilation_cache_env(cache)
     log = open(workdir.parent / f"{workdir.name}.log", "a")  # noqa: SIM115 (closed with the process)
     return subprocess.Popen(
         [
             sys.executable,
             "-m",
             "bertjax.main",
-            "--config=configs/bert_tiny_pretrain.py",
+            f"--config={CONFIG}",
             f"--workdir={workdir}",
-            *args,
+            *config_flags(OVERRIDES),
         ],
         cwd=REPO,
         env=env,

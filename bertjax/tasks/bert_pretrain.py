@@ -78,6 +78,11 @@ def model_config(
 
 def build_model(config: ml_collections.ConfigDict, data: TaskData | None):
     cfg = model_config(config, data.vocab_size if data is not None else None, "pretraining")
+    return build_checked(config, cfg)
+
+
+def build_checked(config: ml_collections.ConfigDict, cfg: models.ModelConfig):
+    """(cfg, module) once config.data.max_seq_length is checked against cfg's positions."""
     seq = int(config.data.max_seq_length)
     if seq > cfg.max_position_embeddings:
         raise ValueError(

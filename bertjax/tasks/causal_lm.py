@@ -17,7 +17,7 @@ import optax
 from bertjax import models
 from bertjax.models import gpt
 from bertjax.tasks.base import HostInfo, Task, TaskData
-from bertjax.tasks.bert_pretrain import model_config
+from bertjax.tasks.bert_pretrain import build_checked, model_config
 
 
 def build_data(config: ml_collections.ConfigDict, host: HostInfo) -> TaskData:
@@ -53,13 +53,7 @@ def build_model(config: ml_collections.ConfigDict, data: TaskData | None):
             f"{config.model.preset!r} gives model_type={cfg.model_type!r}; use a GPT preset "
             "(gpt_tiny, gpt2, gpt2-medium) or set config.model.model_type='gpt2'"
         )
-    seq = int(config.data.max_seq_length)
-    if seq > cfg.max_position_embeddings:
-        raise ValueError(
-            f"config.data.max_seq_length={seq} exceeds config.model.max_position_embeddings="
-            f"{cfg.max_position_embeddings}"
-        )
-    return cfg, models.build(cfg)
+    return build_checked(config, cfg)
 
 
 def batch_spec(

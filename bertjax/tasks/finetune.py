@@ -323,6 +323,17 @@ def init_params(config: ml_collections.ConfigDict, model_cfg: Any, params: Any) 
     return jax.tree_util.tree_map_with_path(take, params)
 
 
+def configured_best_metric(
+    config: ml_collections.ConfigDict, default: str, has_eval: bool
+) -> tuple[str, str] | None:
+    """`Task.best_metric` of a task with a fixed default key: config.best_metric or `default`,
+    minimised when it is a loss, else maximised; None when the run has no eval set."""
+    if not has_eval:
+        return None
+    key = config.get("best_metric", "") or default
+    return key, "min" if key.endswith("/loss") else "max"
+
+
 def batch_spec(
     config: ml_collections.ConfigDict, model_cfg: Any, batch_size: int, multi_label: bool = False
 ) -> dict[str, jax.ShapeDtypeStruct]:

@@ -194,10 +194,9 @@ def eval_summary(config, outputs: dict[str, np.ndarray]) -> dict[str, float]:
 
 def best_metric(config: ml_collections.ConfigDict) -> tuple[str, str] | None:
     """eval/f1 (entity F1 on the validation file), or config.best_metric."""
-    if not config.data.validation_file:
-        return None
-    key = config.get("best_metric", "") or "eval/f1"
-    return key, "min" if key.endswith("/loss") else "max"
+    return finetune.configured_best_metric(
+        config, "eval/f1", has_eval=bool(config.data.validation_file)
+    )
 
 
 TASK = Task(

@@ -243,12 +243,10 @@ def eval_summary(config, outputs: dict[str, np.ndarray]) -> dict[str, float]:
 
 def best_metric(config: ml_collections.ConfigDict) -> tuple[str, str] | None:
     """eval/f1 (the official F1), or config.best_metric; None without a validation set."""
-    if not (
-        config.data.validation_file or (config.data.tfds_name and config.data.validation_split)
-    ):
-        return None
-    key = config.get("best_metric", "") or "eval/f1"
-    return key, "min" if key.endswith("/loss") else "max"
+    has_eval = config.data.validation_file or (
+        config.data.tfds_name and config.data.validation_split
+    )
+    return finetune.configured_best_metric(config, "eval/f1", has_eval=bool(has_eval))
 
 
 TASK = Task(

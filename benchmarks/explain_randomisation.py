@@ -92,7 +92,7 @@ def main() -> int:
         return int(np.argmax(run.module.apply({"params": params}, batch)["logits"][0]))
 
     variants = {k: randomised(k) for k in range(layers + 1)}
-    keys = ("norm_all", "norm_words", "gxi_all", "gxi_words")
+    keys = ("norm_all", "norm_words", "gxi_all", "gxi_words", "abs_elem")
     rho = {(k, t, key): [] for k in variants for t in ("same", "own") for key in keys}
     special_ranks, pooled, controls = [], ([], []), ([], [])
     for text in texts:
@@ -113,6 +113,10 @@ def main() -> int:
                 rho[k, t, "norm_words"].append(spearman(norm[1:-1], norm_r[1:-1]))
                 rho[k, t, "gxi_all"].append(spearman(gxi, gxi_r))
                 rho[k, t, "gxi_words"].append(spearman(gxi[1:-1], gxi_r[1:-1]))
+                # |gradient| element by element (token x hidden unit), no aggregation per token.
+                rho[k, t, "abs_elem"].append(
+                    spearman(np.abs(g[:n]).ravel(), np.abs(gr[:n]).ravel())
+                )
             if k == 1:
                 norm_r = np.linalg.norm(same[:n], axis=-1)
                 ranks = [np.argsort(np.argsort(v)) / (n - 1) for v in (norm, norm_r)]

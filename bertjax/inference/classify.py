@@ -13,13 +13,13 @@ model was fine-tuned on. `predict` runs the three over any number of texts in fi
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from bertjax.data import features
+from bertjax.inference import batches
 from bertjax.inference.loader import LoadedRun
 
 MULTI_LABEL_THRESHOLD = 0.5  # a label is predicted when its sigmoid probability exceeds this
@@ -99,13 +99,6 @@ def postprocess(run: LoadedRun, logits: Any) -> list[dict[str, Any]]:
     return out
 
 
-@functools.lru_cache(maxsize=8)
-def _jitted_forward(module: Any):
-    import jax
-
-    return jax.jit(functools.partial(forward, module))
-
-
 def predict_logits(
     run: LoadedRun,
     texts: Sequence[str],
@@ -115,17 +108,15 @@ def predict_logits(
     """Logits [N, num_labels] of every text, in fixed-size batches (the last one padded)."""
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be positive")
-    apply = _jitted_forward(run.module)
+    apply = batches.jitted(forward, run.module)
     chunks = []
     for start in range(0, len(texts), batch_size):
         stop = min(start + batch_size, len(texts))
         pairs = None if text_pairs is None else text_pairs[start:stop]
         batch = featurize(run, texts[start:stop], pairs)
-        real = stop - start
-        if real < batch_size:  # the same shape every call: one compilation
-            batch = {k: np.concatenate([v, np.zeros((batch_size - real, v.shape[1]), v.dtype)])
-                     for k, v in batch.items()}  # fmt: skip
-        chunks.append(np.asarray(apply(run.params, batch))[:real])
+        chunks.append(
+            np.asarray(apply(run.params, batches.pad_rows(batch, batch_size)))[: stop - start]
+        )
     if not chunks:
         return np.zeros((0, run.model_config.num_labels), np.float32)
     return np.concatenate(chunks)

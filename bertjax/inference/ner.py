@@ -15,7 +15,6 @@ tags.
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -25,6 +24,7 @@ import numpy as np
 from bertjax import ner_metrics
 from bertjax.data import conll
 from bertjax.data.features import MODEL_KEYS
+from bertjax.inference import batches
 
 _WORD = re.compile(r"\w+(?:['’-]\w+)*|[^\w\s]")
 
@@ -40,13 +40,6 @@ def forward(module: Any, params: Any, batch: dict[str, Any]) -> Any:
     return module.apply({"params": params}, inputs, train=False)["logits"]
 
 
-@functools.lru_cache(maxsize=8)
-def _jitted_forward(module: Any):
-    import jax
-
-    return jax.jit(functools.partial(forward, module))
-
-
 def softmax(x: np.ndarray) -> np.ndarray:
     """Softmax over the last axis (float64 logits -> tag probabilities)."""
     e = np.exp(x - x.max(-1, keepdims=True))
@@ -58,18 +51,10 @@ def word_probabilities(
 ) -> list[np.ndarray]:
     """Per sentence, the tag probabilities [num_words, num_tags] of each word."""
     feats = conll.featurize_words(words, run.tokenizer, run.max_seq_length)
-    apply = _jitted_forward(run.module)
-    n = len(feats["input_ids"])
+    apply = batches.jitted(forward, run.module)
     chunks = []
-    for lo in range(0, n, batch_size):
-        hi = min(lo + batch_size, n)
-        batch = {}
-        for k in MODEL_KEYS:
-            v = feats[k][lo:hi]
-            if hi - lo < batch_size:  # one compiled shape
-                v = np.concatenate([v, np.zeros((batch_size - (hi - lo), v.shape[1]), v.dtype)])
-            batch[k] = v
-        chunks.append(softmax(np.asarray(apply(run.params, batch), np.float64))[: hi - lo])
+    for batch, real in batches.fixed_batches(feats, MODEL_KEYS, batch_size):
+        chunks.append(softmax(np.asarray(apply(run.params, batch), np.float64))[:real])
     num_tags = run.model_config.num_labels
     probs = np.concatenate(chunks) if chunks else np.zeros((0, 1, num_tags))
     return conll.words_from_rows(feats, probs, [len(w) for w in words])

@@ -17,7 +17,6 @@ score by more than `null_score_diff_threshold`.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +24,7 @@ import numpy as np
 
 from bertjax.data import squad
 from bertjax.data.features import MODEL_KEYS
+from bertjax.inference import batches
 
 DEFAULTS = {"doc_stride": 128, "max_query_length": 64, "n_best_size": 20, "max_answer_length": 30}
 
@@ -128,29 +128,14 @@ def postprocess(
     return results
 
 
-@functools.lru_cache(maxsize=8)
-def _jitted_forward(module: Any):
-    import jax
-
-    return jax.jit(functools.partial(forward, module))
-
-
 def logits(run: Any, feats: dict[str, np.ndarray], batch_size: int = 32):
     """(start_logits, end_logits) [N, T] of every window, in fixed-size batches."""
-    apply = _jitted_forward(run.module)
-    n = len(feats["input_ids"])
+    apply = batches.jitted(forward, run.module)
     starts, ends = [], []
-    for lo in range(0, n, batch_size):
-        hi = min(lo + batch_size, n)
-        batch = {}
-        for k in MODEL_KEYS:
-            v = feats[k][lo:hi]
-            if hi - lo < batch_size:  # one compiled shape
-                v = np.concatenate([v, np.zeros((batch_size - (hi - lo), v.shape[1]), v.dtype)])
-            batch[k] = v
+    for batch, real in batches.fixed_batches(feats, MODEL_KEYS, batch_size):
         s, e = apply(run.params, batch)
-        starts.append(np.asarray(s)[: hi - lo])
-        ends.append(np.asarray(e)[: hi - lo])
+        starts.append(np.asarray(s)[:real])
+        ends.append(np.asarray(e)[:real])
     width = feats["input_ids"].shape[1]
     if not starts:
         return np.zeros((0, width), np.float32), np.zeros((0, width), np.float32)

@@ -40,6 +40,7 @@ import statistics
 import sys
 import tempfile
 import time
+from typing import Any
 
 import _common
 
@@ -259,6 +260,24 @@ def _torch_stepper(args: argparse.Namespace, length: int):
     return step, f"transformers {torch.__version__} float32 ({torch.get_num_threads()} threads)"
 
 
+def alternate(
+    steppers: list[tuple[Any, str]], rounds: int, steps: int, warmup: int
+) -> dict[str, list[float]]:
+    """Steps/s of each (step, name) per round: `warmup` calls each first (compilation), then
+    `rounds` rounds in which the contenders take turns running `steps` steps."""
+    for step, _ in steppers:
+        for _ in range(warmup):
+            step()
+    rates: dict[str, list[float]] = {name: [] for _, name in steppers}
+    for _ in range(rounds):
+        for step, name in steppers:
+            start = time.perf_counter()
+            for _ in range(steps):
+                step()
+            rates[name].append(steps / (time.perf_counter() - start))
+    return rates
+
+
 def step_speed(args: argparse.Namespace) -> str:
     """Markdown table: median steps/s per contender and length, and the ratios."""
     import platform
@@ -277,16 +296,7 @@ def step_speed(args: argparse.Namespace) -> str:
     for length in [int(x) for x in args.lengths.split(",")]:
         steppers = [_bertjax_stepper(args, length, "auto"), _bertjax_stepper(args, length, "xla")]
         steppers.append(_torch_stepper(args, length))
-        for step, _ in steppers:  # compile / warm up
-            for _ in range(args.warmup):
-                step()
-        rates: dict[str, list[float]] = {name: [] for _, name in steppers}
-        for _ in range(args.rounds):
-            for step, name in steppers:
-                start = time.perf_counter()
-                for _ in range(args.steps):
-                    step()
-                rates[name].append(args.steps / (time.perf_counter() - start))
+        rates = alternate(steppers, args.rounds, args.steps, args.warmup)
         medians = {name: statistics.median(r) for name, r in rates.items()}
         base = medians[steppers[-1][1]]
         for name, median in medians.items():

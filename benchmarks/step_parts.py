@@ -16,7 +16,6 @@ import argparse
 import pathlib
 import statistics
 import sys
-import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -55,23 +54,13 @@ def main() -> None:
 
             config_lib.load = load_variant
             step, _ = glue_vs_transformers._bertjax_stepper(args, args.length, "xla")
-            steppers.append((f"bertjax, {name}", step))
+            steppers.append((step, f"bertjax, {name}"))
     finally:
         config_lib.load = load
-    step, name = glue_vs_transformers._torch_stepper(args, args.length)
-    steppers.append((name, step))
+    steppers.append(glue_vs_transformers._torch_stepper(args, args.length))
 
-    for _, step in steppers:  # compile and warm up
-        step()
-        step()
-    rates: dict[str, list[float]] = {name: [] for name, _ in steppers}
-    for _ in range(args.rounds):
-        for name, step in steppers:
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                step()
-            rates[name].append(args.steps / (time.perf_counter() - start))
-    base = statistics.median(rates[steppers[-1][0]])
+    rates = glue_vs_transformers.alternate(steppers, args.rounds, args.steps, warmup=2)
+    base = statistics.median(rates[steppers[-1][1]])
     print("| step | steps/s (median) | rounds | ratio to transformers |\n|---|---|---|---|")
     for name, values in rates.items():
         median = statistics.median(values)

@@ -23,12 +23,22 @@ finished; --report prints the table of that file.
 
     python benchmarks/glue_vs_transformers.py --step_speed --task=sst2 --lengths=64,128
 
-bertjax's real jitted step (`train.build_trainer` on configs/glue.py: AdamW, clipping, the
-state donated) with the "auto" kernels and with kernels="xla" (attention dropout then takes the
-reference formula, the path before the CPU attention core had dropout), and transformers'
-plain-loop step (forward, backward, clip, AdamW, schedule), all float32, dropout 0.1 on hidden
-states and attention probabilities, on the same SST-2 batches, `--rounds` rounds of
-`--steps` steps each, the contenders alternating; the medians and ratios are printed.
+Contenders, all float32 with dropout 0.1 on hidden states and attention probabilities, each
+taking the same batches (the rows of bertjax's epoch order, seed 0) and building them on the
+host inside the timed step, as a training loop does:
+
+* bertjax packed: its real jitted step (`train.build_trainer` on configs/glue.py: AdamW,
+  clipping, the state donated) on packed batches, configs/glue.py's default
+  (`bertjax.data.example_packing`: the batch's 32 examples in as few rows as fit). Every row
+  count the timed batches need is compiled before the timing starts.
+* bertjax padded: the same with data.pack_sequences=False (every example padded to the length).
+* transformers max_length: transformers' plain-loop step (forward, backward, clip, AdamW,
+  schedule) on rows padded to the length, as run_glue.py's default (pad_to_max_length=True).
+* transformers dynamic: the same, each batch padded to its longest row (DataCollatorWithPadding,
+  run_glue.py with --pad_to_max_length=False).
+
+`--rounds` rounds of `--steps` steps each, the contenders alternating; the medians and the
+ratios to both transformers contenders are printed.
 """
 
 from __future__ import annotations
@@ -169,7 +179,15 @@ def run_transformers(args: argparse.Namespace) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def _bertjax_stepper(args: argparse.Namespace, length: int, kernels: str):
+def _step_rows(args: argparse.Namespace, num_rows: int):
+    """The example indices of each step: bertjax's epoch order (seed 0), for every contender."""
+    from bertjax.data import batching
+
+    order = batching.EpochOrder(num_rows, args.batch_size, seed=0)
+    return order.next_rows
+
+
+def _bertjax_stepper(args: argparse.Namespace, length: int, pack: bool):
     """(step(), name): one call = one real bertjax train step on the next SST-2 batch."""
     import jax
 
@@ -179,10 +197,10 @@ def _bertjax_stepper(args: argparse.Namespace, length: int, kernels: str):
         "init_from": _common.model_dir(),
         "data.data_dir": args.data_dir,
         "data.max_seq_length": length,
+        "data.pack_sequences": pack,
         "batch_size": args.batch_size,
         "num_train_epochs": 1.0,
         "optim.learning_rate": args.lr,
-        "model.kernels": kernels,
     }
     config = config_lib.load(f"{REPO / 'configs' / 'glue.py'}:{args.task}", overrides)
     task = tasks.get(config.task)
@@ -200,7 +218,12 @@ def _bertjax_stepper(args: argparse.Namespace, length: int, kernels: str):
     model_cfg, model = task.build_model(config, data)
     schedule = train.resolve_schedule(config, data.steps_per_epoch)
     trainer = train.build_trainer(config, task, model_cfg, model, mesh, schedule)
-    compiled = trainer.step
+    # Compile every shape the timed steps will meet (packed batches vary in rows), then rewind.
+    start = data.train.get_state()
+    with trainer.context():
+        for _ in range(args.warmup + args.rounds * args.steps):
+            trainer.step_for(sharding.global_batch(next(data.train), mesh, args.batch_size))
+    data.train.set_state(start)
     state = {"s": trainer.init_state(jax.random.PRNGKey(0))}
     state["s"]["params"] = trainer.place_params(
         task.init_params(config, model_cfg, state["s"]["params"])
@@ -209,13 +232,15 @@ def _bertjax_stepper(args: argparse.Namespace, length: int, kernels: str):
     def step() -> None:
         with trainer.context():
             batch = sharding.global_batch(next(data.train), mesh, args.batch_size)
-            state["s"], metrics = compiled(state["s"], batch)
+            state["s"], metrics = trainer.step_for(batch)(state["s"], batch)
             jax.block_until_ready(metrics)  # the loop fetches metrics every few steps only
 
-    return step, f"bertjax f32 kernels={kernels} ({model_cfg.dtype} compute)"
+    shapes = len(trainer._compiled_by_shape) + (trainer._compiled_step is not None)
+    kind = f"packed, {shapes} compiled row counts" if pack else "padded"
+    return step, f"bertjax {kind} ({model_cfg.dtype}, kernels {model_cfg.kernels})"
 
 
-def _torch_stepper(args: argparse.Namespace, length: int):
+def _torch_stepper(args: argparse.Namespace, length: int, dynamic: bool):
     import torch
     import transformers
 
@@ -233,31 +258,28 @@ def _torch_stepper(args: argparse.Namespace, length: int):
         [e.text_b for e in examples] if task.is_pair else None,
         truncation="longest_first",
         max_length=length,
-        padding="max_length",
-        return_tensors="pt",
+        padding=False if dynamic else "max_length",
     )
     labels = torch.tensor([e.label for e in examples])
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, eps=1e-6, weight_decay=0.01)
     scheduler = transformers.get_linear_schedule_with_warmup(optimizer, 10, 100_000)
-    position = {"i": 0}
+    next_rows = _step_rows(args, len(labels))
 
     def step() -> None:
-        i = position["i"] % (len(labels) - args.batch_size)
-        position["i"] += args.batch_size
-        rows = slice(i, i + args.batch_size)
-        out = model(
-            input_ids=enc["input_ids"][rows],
-            token_type_ids=enc["token_type_ids"][rows],
-            attention_mask=enc["attention_mask"][rows],
-            labels=labels[rows],
-        )
+        rows = [int(r) for r in next_rows() if r >= 0]
+        features = [{k: enc[k][r] for k in enc} for r in rows]
+        # DataCollatorWithPadding's padding: to the batch's longest row (dynamic) or as given.
+        batch = tokenizer.pad(features, padding="longest", return_tensors="pt")
+        out = model(**batch, labels=labels[rows])
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad()
 
-    return step, f"transformers {torch.__version__} float32 ({torch.get_num_threads()} threads)"
+    padding = "dynamic (longest in batch)" if dynamic else "max_length"
+    return step, f"transformers {padding} ({torch.__version__}, float32, " \
+        f"{torch.get_num_threads()} threads)"  # fmt: skip
 
 
 def alternate(
@@ -290,18 +312,26 @@ def step_speed(args: argparse.Namespace) -> str:
         f"step speed, {args.task}, batch {args.batch_size}, {args.rounds} rounds x "
         f"{args.steps} steps (median), contenders alternating; CPU {cpu}, "
         f"{os.cpu_count()} cores; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n",
-        "| length | contender | steps/s (median) | rounds | ratio to transformers |",
-        "|---|---|---|---|---|",
+        "| length | contender | steps/s (median) | rounds | vs transformers max_length "
+        "| vs transformers dynamic |",
+        "|---|---|---|---|---|---|",
     ]
     for length in [int(x) for x in args.lengths.split(",")]:
-        steppers = [_bertjax_stepper(args, length, "auto"), _bertjax_stepper(args, length, "xla")]
-        steppers.append(_torch_stepper(args, length))
+        steppers = [
+            _bertjax_stepper(args, length, pack=True),
+            _bertjax_stepper(args, length, pack=False),
+            _torch_stepper(args, length, dynamic=False),
+            _torch_stepper(args, length, dynamic=True),
+        ]
         rates = alternate(steppers, args.rounds, args.steps, args.warmup)
         medians = {name: statistics.median(r) for name, r in rates.items()}
-        base = medians[steppers[-1][1]]
+        padded, dynamic = medians[steppers[2][1]], medians[steppers[3][1]]
         for name, median in medians.items():
             rounds = ", ".join(f"{r:.3f}" for r in rates[name])
-            out.append(f"| {length} | {name} | {median:.3f} | {rounds} | {median / base:.2f}x |")
+            out.append(
+                f"| {length} | {name} | {median:.3f} | {rounds} | {median / padded:.2f}x "
+                f"| {median / dynamic:.2f}x |"
+            )
         print("\n".join(out), flush=True)
     return "\n".join(out)
 

@@ -2,7 +2,7 @@
 
     python benchmarks/step_parts.py [--data_dir=DIR] [--length=64] [--rounds=3] [--steps=4]
 
-bertjax's real jitted train step on configs/glue.py:sst2 (kernels "xla", float32), as
+bertjax's real jitted train step on configs/glue.py:sst2 (padded rows, kernels "xla", float32), as
 `glue_vs_transformers.py --step_speed` builds it, in four forms: as configured (dropout 0.1,
 global-norm clipping 1.0), without any dropout, without attention dropout, without clipping;
 and transformers' plain-loop step as the reference. The contenders alternate, `--rounds`
@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=4)
     args = parser.parse_args()
-    args.task = "sst2"
+    args.task, args.warmup = "sst2", 2
 
     load = config_lib.load
     steppers = []
@@ -50,16 +50,16 @@ def main() -> None:
         for name, extra in VARIANTS.items():
             # The stepper loads configs/glue.py itself; add this variant's overrides to its own.
             def load_variant(path, overrides, extra=extra):
-                return load(path, {**overrides, **extra})
+                return load(path, {**overrides, "model.kernels": "xla", **extra})
 
             config_lib.load = load_variant
-            step, _ = glue_vs_transformers._bertjax_stepper(args, args.length, "xla")
+            step, _ = glue_vs_transformers._bertjax_stepper(args, args.length, pack=False)
             steppers.append((step, f"bertjax, {name}"))
     finally:
         config_lib.load = load
-    steppers.append(glue_vs_transformers._torch_stepper(args, args.length))
+    steppers.append(glue_vs_transformers._torch_stepper(args, args.length, dynamic=False))
 
-    rates = glue_vs_transformers.alternate(steppers, args.rounds, args.steps, warmup=2)
+    rates = glue_vs_transformers.alternate(steppers, args.rounds, args.steps, args.warmup)
     base = statistics.median(rates[steppers[-1][1]])
     print("| step | steps/s (median) | rounds | ratio to transformers |\n|---|---|---|---|")
     for name, values in rates.items():

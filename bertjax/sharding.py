@@ -156,18 +156,30 @@ def check_batch_size(batch_size: int, mesh: Mesh, grad_accum_steps: int = 1) -> 
 def global_batch(
     local_batch: Mapping[str, np.ndarray], mesh: Mesh, global_batch_size: int
 ) -> dict[str, jax.Array]:
-    """Assembles the global batch from this host's rows (every host calls this in lockstep)."""
+    """Assembles the global batch from this host's rows (every host calls this in lockstep).
+
+    Every key has `global_batch_size` / processes rows per host, except the token rows of a
+    packed fine-tuning batch (it carries "cls_index"; `bertjax.data.example_packing`), which
+    have as many rows as its input_ids.
+    """
     sharding = batch_sharding(mesh)
+    packed_rows = None
+    if "cls_index" in local_batch:
+        from bertjax.data.example_packing import ROW_KEYS  # local: keep launchers light
+
+        packed_rows = {key: len(local_batch["input_ids"]) for key in ROW_KEYS}
     out = {}
     for key, value in local_batch.items():
         value = np.asarray(value)
-        shape = (global_batch_size, *value.shape[1:])
-        if value.shape[0] * jax.process_count() != global_batch_size:
+        local_rows = global_batch_size // jax.process_count()
+        expected = (packed_rows or {}).get(key, local_rows)
+        if value.shape[0] != expected or local_rows * jax.process_count() != global_batch_size:
             raise ValueError(
                 f"batch key {key!r}: this host gave {value.shape[0]} rows, expected "
-                f"{global_batch_size // jax.process_count()} (config.batch_size="
-                f"{global_batch_size} over {jax.process_count()} processes)"
+                f"{expected} (config.batch_size={global_batch_size} over "
+                f"{jax.process_count()} processes)"
             )
+        shape = (value.shape[0] * jax.process_count(), *value.shape[1:])
         out[key] = jax.make_array_from_process_local_data(sharding, value, shape)
     return out
 

@@ -188,6 +188,8 @@ class Trainer:
     _init_state: Any
     _jit_train_step: Any
     _compiled_step: Any = None
+    _compiled_by_shape: dict[tuple, Any] = dataclasses.field(default_factory=dict)
+    compile_seconds: float = 0.0  # spent compiling train steps so far
 
     @contextlib.contextmanager
     def context(self):
@@ -199,12 +201,34 @@ class Trainer:
     def step(self) -> Any:
         """The compiled train step, `(state, batch) -> (state, metrics)`; compiled once."""
         if self._compiled_step is None:
-            started = time.time()
-            with self.context():
-                lowered = self._jit_train_step.lower(self.abstract_state, self.batch_spec)
-                self._compiled_step = lowered.compile()
-            logging.info("train step compiled in %.1fs", time.time() - started)
+            self._compiled_step = self._compile(self.batch_spec)
         return self._compiled_step
+
+    def step_for(self, batch: dict[str, Any]) -> Any:
+        """The compiled train step for `batch`'s shapes: `step` for the spec's own, else one
+        compiled (and logged) per new shape: packed fine-tuning batches vary in rows
+        (`bertjax.data.example_packing`), a few shapes per run."""
+        shapes = tuple(sorted((k, tuple(v.shape), str(v.dtype)) for k, v in batch.items()))
+        spec = tuple(sorted((k, tuple(v.shape), str(v.dtype)) for k, v in self.batch_spec.items()))
+        if shapes == spec:
+            return self.step
+        if shapes not in self._compiled_by_shape:
+            abstract = {
+                k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=self.batch_sharding)
+                for k, v in batch.items()
+            }
+            self._compiled_by_shape[shapes] = self._compile(abstract)
+        return self._compiled_by_shape[shapes]
+
+    def _compile(self, batch_spec: dict[str, jax.ShapeDtypeStruct]) -> Any:
+        started = time.time()
+        with self.context():
+            compiled = self._jit_train_step.lower(self.abstract_state, batch_spec).compile()
+        seconds = time.time() - started
+        self.compile_seconds += seconds
+        rows = batch_spec["input_ids"].shape[0] if "input_ids" in batch_spec else None
+        logging.info("train step compiled in %.1fs (batch rows: %s)", seconds, rows)
+        return compiled
 
     def init_state(self, rng: jax.Array) -> dict[str, Any]:
         """A fresh state, each array created directly in its sharding."""
@@ -432,6 +456,7 @@ def _run(
             local_batch_size=batch_size // jax.process_count(),
             global_batch_size=batch_size,
             workdir=str(workdir),
+            batch_shards=max(sharding.data_parallel_size(mesh) // jax.process_count(), 1),
         )
         # Input files changed since the checkpoint to resume: named before the data pipeline
         # reads them (it would fail on a stale vocabulary, or silently read other data).
@@ -464,7 +489,6 @@ def _run(
         )
         ckpt.close()
         return RunResult(step=start, state=None, records=[])
-    compiled_step = trainer.step
     jit_eval_step = trainer.eval_step()
     best_metric = task.best_metric(config) if task.best_metric else None
     best = checkpointing.BestCheckpointer(workdir, *best_metric) if best_metric else None
@@ -507,7 +531,9 @@ def _run(
     step, last_saved = start, start if start else None
     # config.profile_steps: a jax.profiler trace of some steps (bertjax/profiling.py).
     profiler = profiling.StepProfiler(config.get("profile_steps", ""), workdir, start)
-    timer_start, timer_steps, excluded = None, 0, 0.0
+    # Rows the timed steps ran (packed batches run fewer than batch_size): tokens/s and MFU
+    # count the work done, not the examples' padded equivalent.
+    timer_start, timer_steps, timer_rows, excluded = None, 0, 0, 0.0
 
     def fetch_and_check() -> None:
         """Brings pending metrics to the host; raises on a non-finite value."""
@@ -537,16 +563,20 @@ def _run(
                     logging.warning("preempted: saved step %d in %s", step, ckpt.directory)
                     break
                 batch = sharding.global_batch(next(data.train), mesh, batch_size)
+                compiling = trainer.compile_seconds
+                step_fn = trainer.step_for(batch)
+                excluded += trainer.compile_seconds - compiling  # a new shape's compilation
                 profiler.before_step(step + 1)
-                state, step_metrics = compiled_step(state, batch)
+                state, step_metrics = step_fn(state, batch)
                 step += 1
                 profiler.after_step(step, step_metrics)
                 pending.append((step, step_metrics))
                 if timer_start is None:  # time from the end of the first (compiling) step
                     jax.block_until_ready(step_metrics)
-                    timer_start, timer_steps, excluded = time.time(), 0, 0.0
+                    timer_start, timer_steps, timer_rows, excluded = time.time(), 0, 0, 0.0
                 else:
                     timer_steps += 1
+                    timer_rows += batch["input_ids"].shape[0] if "input_ids" in batch else 0
 
                 last = step == schedule.total_steps
                 do_log = step % config.log_every == 0 or last
@@ -566,11 +596,13 @@ def _run(
                         steps_per_sec = timer_steps / elapsed
                         record["steps_per_sec"] = steps_per_sec
                         record["examples_per_sec"] = steps_per_sec * batch_size
+                        rows_per_step = timer_rows / timer_steps if timer_rows else batch_size
                         if seq_len:
-                            record["tokens_per_sec"] = steps_per_sec * batch_size * seq_len
-                        if peak and step_flops:  # both per device
-                            record["mfu"] = steps_per_sec * step_flops / peak
-                    timer_start, timer_steps, excluded = time.time(), 0, 0.0
+                            record["tokens_per_sec"] = steps_per_sec * rows_per_step * seq_len
+                        if peak and step_flops:  # both per device; FLOPs scale with the rows
+                            work = steps_per_sec * step_flops * rows_per_step / batch_size
+                            record["mfu"] = work / peak
+                    timer_start, timer_steps, timer_rows, excluded = time.time(), 0, 0, 0.0
                     metrics.log_console(
                         metrics.progress_line(
                             step, schedule.total_steps, record, record.get("steps_per_sec", 0)
@@ -626,7 +658,8 @@ def _evaluate(task, config, data, jit_eval_step, state, mesh) -> dict[str, float
     for name, batches in data.eval_sets().items():
         chunks: list[dict[str, np.ndarray]] = []
         for local in batches:
-            rows = next(iter(local.values())).shape[0]
+            # Examples per host: a packed batch's token rows are fewer (cls_index: one each).
+            rows = len(local["cls_index"] if "cls_index" in local else next(iter(local.values())))
             batch = sharding.global_batch(local, mesh, rows * jax.process_count())
             result = jit_eval_step(state["params"], batch)
             if jax.process_count() > 1:

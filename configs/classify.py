@@ -46,6 +46,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.vocab_file = ""  # "" = init_from's vocab.txt
     config.data.do_lower_case = True
     config.data.max_seq_length = 128
+    # Several examples per row (bertjax/data/example_packing.py): the same examples and
+    # per-example losses per step in fewer rows, so short texts do not pay for padding.
+    config.data.pack_sequences = True
 
     config_defaults.finetune_schedule(config)
 

@@ -11,7 +11,9 @@ the whole state, so a resumed run continues with exactly the batches an uninterr
 have seen. `eval_rows` is the finite, in-order counterpart for eval sets.
 
 `TrainIterator` and `eval_batches` turn those rows into fine-tuning batches (the featurised
-arrays of `bertjax.data.features`, plus `weights`).
+arrays of `bertjax.data.features`, plus `weights`), padded rows or, given an `ExamplePacker`,
+packed ones (`bertjax.data.example_packing`: each host packs from the global batch's rows, so
+that every host builds the same shape).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from bertjax.data.example_packing import ExamplePacker
 from bertjax.data.features import MODEL_KEYS
 
 BATCH_KEYS = (*MODEL_KEYS, "labels")  # what a fine-tuning batch carries, plus "weights"
@@ -124,7 +127,8 @@ def take_rows(
 
 
 class TrainIterator:
-    """Endless fine-tuning batches for one host (`EpochOrder` with a padded last batch)."""
+    """Endless fine-tuning batches for one host (`EpochOrder` with a padded last batch);
+    packed by `packer` when given."""
 
     def __init__(
         self,
@@ -134,20 +138,29 @@ class TrainIterator:
         process_index: int = 0,
         process_count: int = 1,
         keys: tuple[str, ...] = BATCH_KEYS,
+        packer: ExamplePacker | None = None,
     ):
         self._features = features
         self._keys = keys
         self._num = len(features[keys[0]])
-        self._order = EpochOrder(
-            self._num, global_batch_size, seed, process_index, process_count, pad_last=True
-        )
+        self._packer = packer
+        self._host = (process_index, process_count)
+        if packer is None:
+            self._order = EpochOrder(
+                self._num, global_batch_size, seed, process_index, process_count, pad_last=True
+            )
+        else:  # the global batch's rows: the packer needs every host's examples to agree
+            self._order = EpochOrder(self._num, global_batch_size, seed, pad_last=True)
         self.steps_per_epoch = self._order.steps_per_epoch
 
     def __iter__(self) -> TrainIterator:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
-        return take_rows(self._features, self._order.next_rows(), self._keys)
+        rows = self._order.next_rows()
+        if self._packer is None:
+            return take_rows(self._features, rows, self._keys)
+        return self._packer.pack(rows, self._keys, *self._host)
 
     def get_state(self) -> dict[str, Any]:
         return {**self._order.get_state(), "num_examples": self._num}
@@ -168,8 +181,14 @@ def eval_batches(
     process_index: int = 0,
     process_count: int = 1,
     keys: tuple[str, ...] = BATCH_KEYS,
+    packer: ExamplePacker | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """This host's eval batches in file order; the last one padded with weight-0 rows."""
+    """This host's eval batches in file order; the last one padded with weight-0 rows (packed
+    by `packer` when given)."""
     num = len(features[keys[0]])
+    if packer is not None:
+        for rows in eval_rows(num, global_batch_size):
+            yield packer.pack(rows, keys, process_index, process_count)
+        return
     for mine in eval_rows(num, global_batch_size, process_index, process_count):
         yield take_rows(features, mine, keys)

@@ -147,7 +147,9 @@ class BertModel(nn.Module):
     Packed rows (several sequences per row, `bertjax.data.packing`) add batch keys
     `segment_ids` [B, T] (attention stays within equal ids), `positions` [B, T] (restarting
     at each sequence) and `cls_positions` [B, K] (each sequence's [CLS]); "pooled" is then
-    [B, K, H], one per packed sequence.
+    [B, K, H], one per packed sequence. Packed fine-tuning batches
+    (`bertjax.data.example_packing`) give `cls_index` [E] instead: each example's [CLS] as a
+    flat index into the [B * T] tokens; "pooled" is then [E, H], one per example.
     """
 
     cfg: ModelConfig
@@ -187,7 +189,10 @@ class BertModel(nn.Module):
         if not pool:
             return {"hidden_states": hidden}
         cls_positions = batch.get("cls_positions")
-        if cls_positions is None:
+        if batch.get("cls_index") is not None:  # packed fine-tuning rows: one [CLS] per example
+            flat = hidden.reshape(-1, hidden.shape[-1])
+            cls_hidden = jnp.take(flat, batch["cls_index"].astype(jnp.int32), axis=0)
+        elif cls_positions is None:
             cls_hidden = hidden[:, 0]
         else:
             index = cls_positions[:, :, None].astype(jnp.int32)

@@ -96,6 +96,7 @@ class HostInfo:
     local_batch_size: int  # rows of the global batch this host feeds
     global_batch_size: int
     workdir: str  # run directory (e.g. for a vocabulary trained at start-up)
+    batch_shards: int = 1  # devices this host splits a batch's rows over (data x fsdp)
 
 
 @dataclasses.dataclass

@@ -10,12 +10,16 @@
   cross-entropy (single label), sigmoid binary cross-entropy (multi-label, `labels` a multi-hot
   [B, C] float), squared error (regression, one output); the per-row eval outputs.
 * `make_task_data`: featurised splits -> the epoch iterator, padded eval sets and run.json fields.
+  With `config.data.pack_sequences` (the default of configs/classify.py and configs/glue.py)
+  train and eval batches are packed (`bertjax.data.example_packing`): the same examples per
+  step in fewer rows, labels and losses still one per example.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import math
 import pathlib
 from typing import Any
 
@@ -27,7 +31,7 @@ import optax
 from absl import logging
 
 from bertjax import models
-from bertjax.data import batching, features
+from bertjax.data import batching, example_packing, features
 from bertjax.inference import manifest as run_manifest
 from bertjax.tasks.base import HostInfo, TaskData
 
@@ -334,13 +338,23 @@ def configured_best_metric(
     return key, "min" if key.endswith("/loss") else "max"
 
 
+def packs(config: ml_collections.ConfigDict) -> bool:
+    """Whether this run packs its batches (config.data.pack_sequences)."""
+    return bool(config.data.get("pack_sequences", False))
+
+
 def batch_spec(
     config: ml_collections.ConfigDict, model_cfg: Any, batch_size: int, multi_label: bool = False
 ) -> dict[str, jax.ShapeDtypeStruct]:
     """Global batch shapes: int32 inputs; labels int32 [B], float32 [B] (regression) or
-    float32 [B, C] multi-hot (multi-label); weights float32 [B]."""
+    float32 [B, C] multi-hot (multi-label); weights float32 [B]. Packed runs add segment_ids
+    and positions [R, L] and cls_index [B]; R = B here, the most rows a batch can need (a
+    batch with fewer gets its own compiled step: `bertjax.train.Trainer.step_for`)."""
     length = config.data.max_seq_length
-    spec = {k: jax.ShapeDtypeStruct((batch_size, length), jnp.int32) for k in features.MODEL_KEYS}
+    row_keys = example_packing.ROW_KEYS if packs(config) else features.MODEL_KEYS
+    spec = {k: jax.ShapeDtypeStruct((batch_size, length), jnp.int32) for k in row_keys}
+    if packs(config):
+        spec["cls_index"] = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
     if multi_label:
         spec["labels"] = jax.ShapeDtypeStruct((batch_size, model_cfg.num_labels), jnp.float32)
     else:
@@ -365,9 +379,15 @@ def per_example_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
+def model_inputs(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """What the encoder reads of a (padded or packed) fine-tuning batch."""
+    keys = (*features.MODEL_KEYS, *example_packing.PACKING_KEYS)
+    return {k: batch[k] for k in keys if k in batch}
+
+
 def loss_fn(config, model, params, batch, rng, train):
     rngs = {"dropout": rng} if train else None
-    inputs = {k: batch[k] for k in features.MODEL_KEYS}
+    inputs = model_inputs(batch)
     logits = model.apply({"params": params}, inputs, train=train, rngs=rngs)["logits"]
     weights = batch["weights"]
     denom = jnp.maximum(weights.sum(), 1.0)
@@ -380,7 +400,7 @@ def loss_fn(config, model, params, batch, rng, train):
 
 
 def eval_step(config, model, params, batch):
-    inputs = {k: batch[k] for k in features.MODEL_KEYS}
+    inputs = model_inputs(batch)
     logits = model.apply({"params": params}, inputs, train=False)["logits"]
     if batch["labels"].ndim == 2:  # multi-label: each label predicted when p > 0.5
         pred = (logits > 0).astype(jnp.float32)
@@ -422,24 +442,35 @@ def make_task_data(
     """The TaskData of a fine-tuning task from its featurised train and eval splits.
 
     Logs each split's size and label distribution; the train iterator is
-    `bertjax.data.batching.TrainIterator`, eval sets padded `batching.eval_batches`.
+    `bertjax.data.batching.TrainIterator`, eval sets padded `batching.eval_batches`; both
+    packed when `packs(config)`.
     """
     if not train["has_label"].all():
         raise ValueError(f"the training set has {int((~train['has_label']).sum())} unlabelled rows")
     eval_batch = int(config.get("eval_batch_size", 0) or host.global_batch_size)
     if eval_batch % host.process_count:
         raise ValueError(f"config.eval_batch_size={eval_batch} is not divisible by the processes")
+    packer = functools.partial(_packer, config, host)
     iterator = batching.TrainIterator(
-        train, host.global_batch_size, host.seed, host.process_index, host.process_count
-    )
+        train, host.global_batch_size, host.seed, host.process_index, host.process_count,
+        packer=packer(train),
+    )  # fmt: skip
     _log_split("train", train, label_names)
     for name, feats in eval_features.items():
         _log_split(name, feats, label_names)
     logging.info("%d steps per epoch", iterator.steps_per_epoch)
 
+    eval_packers = {name: packer(feats) for name, feats in eval_features.items()}
+
     def eval_sets():
         return {
-            name: batching.eval_batches(feats, eval_batch, host.process_index, host.process_count)
+            name: batching.eval_batches(
+                feats,
+                eval_batch,
+                host.process_index,
+                host.process_count,
+                packer=eval_packers[name],
+            )  # fmt: skip
             for name, feats in eval_features.items()
         }
 
@@ -451,3 +482,24 @@ def make_task_data(
         extras={"tokenizer": tokenizer, "model_config": model_cfg, **(extras or {})},
         manifest=manifest,
     )
+
+
+# Packed row counts are rounded up to a multiple of this (and of the devices a host splits its
+# rows over), so that a run meets a handful of batch shapes, each compiled once.
+PACKED_ROW_STEP = 4
+
+
+def _packer(
+    config: ml_collections.ConfigDict, host: HostInfo, feats: dict[str, np.ndarray]
+) -> example_packing.ExamplePacker | None:
+    """The packer of one split, or None when the run does not pack."""
+    if not packs(config):
+        return None
+    accum = int(config.optim.get("grad_accum_steps", 1))
+    if accum != 1:
+        raise ValueError(
+            f"config.data.pack_sequences=True with config.optim.grad_accum_steps={accum}: "
+            "packed batches cannot be split into microbatches; set one of them off (1 / False)"
+        )
+    row_multiple = math.lcm(PACKED_ROW_STEP, max(host.batch_shards, 1))
+    return example_packing.ExamplePacker(feats, row_multiple)

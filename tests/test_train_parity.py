@@ -7,6 +7,8 @@ global-norm clipping, linear warmup + decay) against transformers' model in trai
 `torch.optim.AdamW` (decay off for biases and LayerNorm weights, as transformers' Trainer),
 `clip_grad_norm_` and `get_linear_schedule_with_warmup`, from one converted checkpoint.
 
+The heads: sequence classification, pretraining (MLM + NSP) and token classification (NER),
+whose loss is the NER task's own (`bertjax.tasks.ner.loss_fn`: the mean over labelled tokens).
 Dropout off: the two loss curves agree step by step to 1e-4 relative (float32). Dropout on:
 the masks differ, so the mean loss curves over several seeds are compared, within the spread
 of the seeds.
@@ -24,11 +26,18 @@ import pytest
 
 from bertjax import models, optim
 from bertjax.convert import from_hf
+from bertjax.tasks import ner
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 STEPS, BATCH, LENGTH, VOCAB = 20, 8, 16, 120
+TAGS = 5  # token classification: tag ids 0..4, -100 = not scored (padding, later subwords)
+HF_CLASSES = {
+    "classification": "BertForSequenceClassification",
+    "pretraining": "BertForPreTraining",
+    "token_classification": "BertForTokenClassification",
+}
 RECIPE = dict(lr=1e-3, warmup=2, weight_decay=0.01, eps=1e-6, clip=1.0)
 HF_SIZES = dict(
     vocab_size=VOCAB,
@@ -55,6 +64,10 @@ def _batches(head: str) -> list[dict[str, np.ndarray]]:
         if head == "classification":
             # Learnable from the first word: whether its id is under 60.
             batch["labels"] = (ids[:, 1] < 60).astype(np.int32)
+        elif head == "token_classification":
+            # A token's tag from its id; a third of the tokens unscored, as later subwords are.
+            tags = np.where(rng.random((BATCH, LENGTH)) < 0.33, -100, ids % TAGS)
+            batch["labels"] = np.where(mask == 1, tags, -100).astype(np.int32)
         else:
             labels = np.where(rng.random((BATCH, LENGTH)) < 0.2, ids, -100) * mask
             labels[mask == 0] = -100
@@ -71,20 +84,20 @@ def _hf_model(head: str, dropout: float, directory):
         **HF_SIZES,
         hidden_dropout_prob=dropout,
         attention_probs_dropout_prob=dropout,
-        num_labels=2,
+        num_labels=TAGS if head == "token_classification" else 2,
         attn_implementation="eager",
     )
-    cls = (
-        transformers.BertForSequenceClassification
-        if head == "classification"
-        else transformers.BertForPreTraining
-    )
-    model = cls(config)
+    model = getattr(transformers, HF_CLASSES[head])(config)
     model.save_pretrained(directory)
     return model
 
 
 def _bertjax_loss(model, params, batch, rng, head: str) -> jax.Array:
+    if head == "token_classification":  # the NER task's loss, as its training runs it
+        weights = jnp.ones(batch["input_ids"].shape[0], jnp.float32)
+        return ner.loss_fn(
+            None, model, params, {**batch, "weights": weights}, rng, rng is not None
+        )[0]
     rngs = {"dropout": rng} if rng is not None else None
     inputs = {k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask")}
     out = model.apply({"params": params}, inputs, train=rng is not None, rngs=rngs)
@@ -149,12 +162,7 @@ def _train_step(cfg: models.ModelConfig, head: str, train: bool):
 
 
 def hf_curve(directory, head: str, dropout: float, seed: int | None) -> np.ndarray:
-    cls = (
-        transformers.BertForSequenceClassification
-        if head == "classification"
-        else transformers.BertForPreTraining
-    )
-    model = cls.from_pretrained(
+    model = getattr(transformers, HF_CLASSES[head]).from_pretrained(
         directory,
         hidden_dropout_prob=dropout,
         attention_probs_dropout_prob=dropout,
@@ -174,7 +182,7 @@ def hf_curve(directory, head: str, dropout: float, seed: int | None) -> np.ndarr
     for batch in _batches(head):
         t = {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
         inputs = {k: t[k] for k in ("input_ids", "token_type_ids", "attention_mask")}
-        if head == "classification":
+        if head in ("classification", "token_classification"):
             loss = model(**inputs, labels=t["labels"]).loss
         else:
             loss = model(**inputs, labels=t["mlm_labels"], next_sentence_label=t["nsp_labels"]).loss
@@ -187,7 +195,7 @@ def hf_curve(directory, head: str, dropout: float, seed: int | None) -> np.ndarr
     return np.array(losses)
 
 
-@pytest.mark.parametrize("head", ["classification", "pretraining"])
+@pytest.mark.parametrize("head", ["classification", "pretraining", "token_classification"])
 def test_dropout_off_loss_curves_agree_step_by_step(tmp_path, head):
     torch.set_num_threads(1)
     _hf_model(head, 0.0, tmp_path)

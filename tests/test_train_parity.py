@@ -210,7 +210,7 @@ SEEDS = 4
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("head", ["classification", "pretraining"])
+@pytest.mark.parametrize("head", ["classification", "pretraining", "token_classification"])
 def test_dropout_on_mean_loss_curves_agree_within_the_seed_spread(tmp_path, head):
     torch.set_num_threads(1)
     _hf_model(head, 0.1, tmp_path)

@@ -235,8 +235,7 @@ def _bertjax_stepper(args: argparse.Namespace, length: int, pack: bool):
             state["s"], metrics = trainer.step_for(batch)(state["s"], batch)
             jax.block_until_ready(metrics)  # the loop fetches metrics every few steps only
 
-    shapes = len(trainer._compiled_by_shape) + (trainer._compiled_step is not None)
-    kind = f"packed, {shapes} compiled row counts" if pack else "padded"
+    kind = f"packed, {trainer.compiled_shapes} compiled row counts" if pack else "padded"
     return step, f"bertjax {kind} ({model_cfg.dtype}, kernels {model_cfg.kernels})"
 
 

@@ -187,8 +187,9 @@ class Trainer:
     num_params: int
     _init_state: Any
     _jit_train_step: Any
-    _compiled_step: Any = None
-    _compiled_by_shape: dict[tuple, Any] = dataclasses.field(default_factory=dict)
+    # Compiled train steps by batch signature ((key, shape, dtype), ...): the spec's, and one
+    # per other shape a run meets (packed fine-tuning batches vary in rows).
+    _compiled: dict[tuple, Any] = dataclasses.field(default_factory=dict)
     compile_seconds: float = 0.0  # spent compiling train steps so far
 
     @contextlib.contextmanager
@@ -200,35 +201,32 @@ class Trainer:
     @property
     def step(self) -> Any:
         """The compiled train step, `(state, batch) -> (state, metrics)`; compiled once."""
-        if self._compiled_step is None:
-            self._compiled_step = self._compile(self.batch_spec)
-        return self._compiled_step
+        return self.step_for(self.batch_spec)
+
+    @property
+    def compiled_shapes(self) -> int:
+        """How many batch shapes the train step has been compiled for so far."""
+        return len(self._compiled)
 
     def step_for(self, batch: dict[str, Any]) -> Any:
-        """The compiled train step for `batch`'s shapes: `step` for the spec's own, else one
-        compiled (and logged) per new shape: packed fine-tuning batches vary in rows
+        """The compiled train step for `batch`'s shapes (arrays or ShapeDtypeStructs), compiled
+        and logged the first time they are met: packed fine-tuning batches vary in rows
         (`bertjax.data.example_packing`), a few shapes per run."""
-        shapes = tuple(sorted((k, tuple(v.shape), str(v.dtype)) for k, v in batch.items()))
-        spec = tuple(sorted((k, tuple(v.shape), str(v.dtype)) for k, v in self.batch_spec.items()))
-        if shapes == spec:
-            return self.step
-        if shapes not in self._compiled_by_shape:
+        signature = tuple(sorted((k, tuple(v.shape), str(v.dtype)) for k, v in batch.items()))
+        if signature not in self._compiled:
+            started = time.time()
             abstract = {
                 k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=self.batch_sharding)
                 for k, v in batch.items()
             }
-            self._compiled_by_shape[shapes] = self._compile(abstract)
-        return self._compiled_by_shape[shapes]
-
-    def _compile(self, batch_spec: dict[str, jax.ShapeDtypeStruct]) -> Any:
-        started = time.time()
-        with self.context():
-            compiled = self._jit_train_step.lower(self.abstract_state, batch_spec).compile()
-        seconds = time.time() - started
-        self.compile_seconds += seconds
-        rows = batch_spec["input_ids"].shape[0] if "input_ids" in batch_spec else None
-        logging.info("train step compiled in %.1fs (batch rows: %s)", seconds, rows)
-        return compiled
+            with self.context():
+                lowered = self._jit_train_step.lower(self.abstract_state, abstract)
+                self._compiled[signature] = lowered.compile()
+            seconds = time.time() - started
+            self.compile_seconds += seconds
+            rows = abstract["input_ids"].shape[0] if "input_ids" in abstract else None
+            logging.info("train step compiled in %.1fs (batch rows: %s)", seconds, rows)
+        return self._compiled[signature]
 
     def init_state(self, rng: jax.Array) -> dict[str, Any]:
         """A fresh state, each array created directly in its sharding."""

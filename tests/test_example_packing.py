@@ -116,11 +116,6 @@ def test_train_iterator_packs_the_same_examples_as_the_padded_one():
     assert sum(b["weights"].sum() for b in evals) == 37
 
 
-def _unbox(tree):
-    return jax.tree.map(lambda x: x.unbox() if isinstance(x, meta.Partitioned) else x, tree,
-                        is_leaf=lambda x: isinstance(x, meta.Partitioned))  # fmt: skip
-
-
 def test_packed_step_computes_the_padded_steps_logits_loss_and_gradients():
     """The fine-tuning loss of the same examples, packed or padded: equal logits, loss and
     gradients (dropout off; with dropout the two draw different masks)."""
@@ -136,7 +131,7 @@ def test_packed_step_computes_the_padded_steps_logits_loss_and_gradients():
     assert packed["input_ids"].shape[0] < 12
     model = models.build(cfg)
     inputs = finetune.model_inputs(padded)
-    params = _unbox(jax.jit(model.init)(jax.random.key(0), inputs)["params"])
+    params = meta.unbox(jax.jit(model.init)(jax.random.key(0), inputs)["params"])
     config = ml_collections.ConfigDict()
 
     def loss(p, batch):

@@ -34,6 +34,7 @@ import math
 import numpy as np
 
 from bertjax.data.features import MODEL_KEYS
+from bertjax.data.packing import first_fit
 
 ROW_KEYS = (*MODEL_KEYS, "segment_ids", "positions")  # the keys laid out per packed row
 PACKING_KEYS = ("segment_ids", "positions", "cls_index")  # what packing adds to a batch
@@ -41,21 +42,18 @@ PACKING_KEYS = ("segment_ids", "positions", "cls_index")  # what packing adds to
 
 def first_fit_decreasing(lengths: np.ndarray, capacity: int) -> np.ndarray:
     """The row of each item when items are placed longest first into the first row with room
-    (rows of `capacity` tokens); ties keep the given order. int64[n]."""
+    (rows of `capacity` tokens); ties keep the given order. int64[n].
+
+    Pretraining's `first_fit` on the sorted lengths, with a row per item available, so that
+    none is ever deferred."""
+    n = len(lengths)
+    if n == 0:  # a host whose share of the batch is all padding
+        return np.zeros(0, np.int64)
     order = np.argsort(-lengths, kind="stable")
-    room: list[int] = []
-    row = np.empty(len(lengths), np.int64)
-    for i in order.tolist():
-        need = int(lengths[i])
-        for r, left in enumerate(room):
-            if left >= need:
-                room[r] -= need
-                row[i] = r
-                break
-        else:
-            room.append(capacity - need)
-            row[i] = len(room) - 1
-    return row
+    placed = first_fit(lengths[order], num_rows=n, max_seq_length=capacity, max_instances_per_row=n)
+    rows = np.empty(n, np.int64)
+    rows[order[placed.index]] = placed.row
+    return rows
 
 
 class ExamplePacker:
@@ -69,12 +67,14 @@ class ExamplePacker:
         # Real tokens of each example (rows are right-padded, so they are its first ones).
         self.lengths = features["attention_mask"].sum(axis=1).astype(np.int64)
 
+    def rows_of(self, examples: np.ndarray) -> np.ndarray:
+        """The row of each real example of `examples` (-1 = padding, given no row), first-fit
+        decreasing."""
+        return first_fit_decreasing(self.lengths[examples[examples >= 0]], self.max_seq_length)
+
     def rows_needed(self, examples: np.ndarray) -> int:
         """Rows that first-fit decreasing packs `examples` (-1 = padding, no room) into."""
-        real = examples[examples >= 0]
-        if not len(real):
-            return 0
-        return int(first_fit_decreasing(self.lengths[real], self.max_seq_length).max()) + 1
+        return int(self.rows_of(examples).max(initial=-1)) + 1
 
     def pack(
         self,
@@ -90,14 +90,23 @@ class ExamplePacker:
         """
         local = len(global_examples) // process_count
         hosts = global_examples.reshape(process_count, local)
-        need = max(self.rows_needed(h) for h in hosts)
+        rows = [self.rows_of(h) for h in hosts]
+        need = max(int(r.max(initial=-1)) + 1 for r in rows)
         num_rows = min(max(math.ceil(need / self.row_multiple), 1) * self.row_multiple, local)
         mine = hosts[process_index]
-        return self._layout(mine, keys, num_rows, row_offset=process_index * num_rows)
+        return self._layout(
+            mine, rows[process_index], keys, num_rows, row_offset=process_index * num_rows
+        )
 
     def _layout(
-        self, examples: np.ndarray, keys: tuple[str, ...], num_rows: int, row_offset: int
+        self,
+        examples: np.ndarray,
+        rows: np.ndarray,
+        keys: tuple[str, ...],
+        num_rows: int,
+        row_offset: int,
     ) -> dict[str, np.ndarray]:
+        """The batch of `examples`, each real one in its row of `rows` (in their order)."""
         feats, length = self.features, self.max_seq_length
         batch = {k: np.zeros((num_rows, length), np.int32) for k in ROW_KEYS}
         real = examples >= 0
@@ -110,7 +119,6 @@ class ExamplePacker:
         batch["weights"] = real.astype(np.float32)
         cls_index = np.zeros(len(examples), np.int32)
         idx = np.flatnonzero(real)
-        rows = first_fit_decreasing(self.lengths[examples[idx]], length)
         used = np.zeros(num_rows, np.int64)
         slots = np.zeros(num_rows, np.int64)
         for i, r in zip(idx.tolist(), rows.tolist(), strict=True):

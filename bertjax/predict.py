@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
-from bertjax.data import glue
+from bertjax.data import glue, jsonl
 
 # ---------------------------------------------------------------------------------------------
 # The fine-tuned model
@@ -106,27 +106,18 @@ def load_predictor(workdir: str, checkpoint: str = "") -> Predictor:
 
 def _read_jsonl(path: str, task: glue.GlueTask, text_a: str, text_b: str) -> list[glue.GlueExample]:
     examples = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise glue.GlueDataError(f"{path}:{line_no}: not valid JSON ({e})") from None
-            if not isinstance(row, dict):
-                raise glue.GlueDataError(f"{path}:{line_no}: expected a JSON object")
-            keys_a = [text_a] if text_a else ["text_a", task.tfds_text[0]]
-            keys_b = [text_b] if text_b else ["text_b", *task.tfds_text[1:]]
-            a = next((row[k] for k in keys_a if k in row), None)
-            b = next((row[k] for k in keys_b if k in row), None) if task.is_pair else None
-            if a is None or (task.is_pair and b is None):
-                want = keys_a + (keys_b if task.is_pair else [])
-                raise glue.GlueDataError(
-                    f"{path}:{line_no}: missing text field(s); {task.name} reads {want}"
-                )
-            index = row.get("index", row.get("idx", len(examples)))
-            examples.append(glue.GlueExample(index=int(index), text_a=a, text_b=b, label=None))
+    keys_a = [text_a] if text_a else ["text_a", task.tfds_text[0]]
+    keys_b = [text_b] if text_b else ["text_b", *task.tfds_text[1:]]
+    for line_no, row in jsonl.read_objects(path, glue.GlueDataError):
+        a = next((row[k] for k in keys_a if k in row), None)
+        b = next((row[k] for k in keys_b if k in row), None) if task.is_pair else None
+        if a is None or (task.is_pair and b is None):
+            want = keys_a + (keys_b if task.is_pair else [])
+            raise glue.GlueDataError(
+                f"{path}:{line_no}: missing text field(s); {task.name} reads {want}"
+            )
+        index = row.get("index", row.get("idx", len(examples)))
+        examples.append(glue.GlueExample(index=int(index), text_a=a, text_b=b, label=None))
     if not examples:
         raise glue.GlueDataError(f"{path}: no rows")
     return examples

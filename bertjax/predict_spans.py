@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from bertjax.data import jsonl
 from bertjax.inference import ner as ner_inference
 from bertjax.inference import qa as qa_inference
 
@@ -26,19 +27,7 @@ class InputError(ValueError):
 
 def read_jsonl(path: str) -> list[tuple[int, dict[str, Any]]]:
     """(line number, object) of every non-blank line."""
-    rows = []
-    with open(path, encoding="utf-8-sig") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise InputError(f"{path}:{line_no}: expected a JSON object")
-            rows.append((line_no, row))
-    return rows
+    return jsonl.read_objects(path, InputError)
 
 
 def _text(path: str, line_no: int, row: dict[str, Any], key: str) -> str:

@@ -26,6 +26,8 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from bertjax.data import jsonl
+
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 PROBLEM_TYPES = ("auto", "single_label", "multi_label", "regression")
 
@@ -129,15 +131,7 @@ def read_table(path: str, fmt: str = "", bad_rows: str = "error") -> Table:
 
 def _read_jsonl(path: str, text: str) -> Table:
     rows, lines, columns = [], [], {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise RecordError(f"{path}:{number}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise RecordError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+    for number, row in jsonl.objects(text.splitlines(), path, RecordError):
         for key in row:
             columns.setdefault(key, None)
         rows.append(row)

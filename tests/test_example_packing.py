@@ -150,6 +150,50 @@ def test_packed_step_computes_the_padded_steps_logits_loss_and_gradients():
     np.testing.assert_array_equal(out_p["pred"][real], out_a["pred"][real])
 
 
+def test_packed_token_classification_step_computes_the_padded_steps_loss_and_predictions():
+    """NER's per-token loss on packed rows: each example's token logits are gathered back to its
+    [L] positions, so loss, gradients and predictions equal the padded batch's."""
+    from bertjax.tasks import ner
+
+    cfg = models.get_config(
+        "tiny", vocab_size=2048, max_position_embeddings=64, head="token_classification",
+        num_labels=5, hidden_dropout=0.0, attention_dropout=0.0,
+    )  # fmt: skip
+    lengths = list(np.random.default_rng(2).integers(3, 25, 12))
+    feats = _features(lengths, max_len=32, seed=6)
+    rng = np.random.default_rng(7)  # first pieces labelled, others (and [CLS]/[SEP]/pads) -1
+    labels = np.where(rng.random((12, 32)) < 0.6, rng.integers(0, 5, (12, 32)), -1)
+    labels[feats["attention_mask"] == 0] = -1
+    labels[:, 0] = -1
+    feats["labels"] = labels.astype(np.int32)
+    feats["window"] = np.arange(12, dtype=np.int32)
+    feats["eval_set"] = np.ones(12, np.int32)
+    examples = np.array([*range(11), -1])
+    padded = batching.take_rows(feats, examples, ner.EVAL_KEYS)
+    packed = ExamplePacker(feats, row_multiple=1).pack(examples, ner.EVAL_KEYS)
+    assert packed["input_ids"].shape[0] < 12 and packed["labels"].shape == (12, 32)
+    model = models.build(cfg)
+    inputs = finetune.model_inputs(padded)
+    params = meta.unbox(jax.jit(model.init)(jax.random.key(0), inputs)["params"])
+    config = ml_collections.ConfigDict()
+
+    def loss(p, batch):
+        return ner.loss_fn(config, model, p, batch, jax.random.key(1), False)
+
+    grad = jax.jit(jax.value_and_grad(loss, has_aux=True))
+    (loss_a, aux_a), grads_a = grad(params, jax.tree.map(jnp.asarray, padded))
+    (loss_p, aux_p), grads_p = grad(params, jax.tree.map(jnp.asarray, packed))
+    np.testing.assert_allclose(loss_p, loss_a, rtol=1e-5)
+    np.testing.assert_allclose(aux_p["token_accuracy"], aux_a["token_accuracy"], rtol=1e-6)
+    for a, p in zip(jax.tree.leaves(grads_a), jax.tree.leaves(grads_p), strict=True):
+        np.testing.assert_allclose(p, a, atol=1e-5, rtol=1e-4)
+    evaluate = jax.jit(lambda p, b: ner.eval_step(config, model, p, b))
+    out_a, out_p = evaluate(params, padded), evaluate(params, packed)
+    real = feats["attention_mask"][:11] > 0  # each real example's own tokens
+    np.testing.assert_array_equal(out_p["pred"][:11][real], out_a["pred"][:11][real])
+    np.testing.assert_array_equal(out_p["window"], out_a["window"])
+
+
 def test_global_batch_takes_packed_rows_and_still_names_a_wrong_key():
     mesh = sharding.make_mesh(ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1}))
     feats = _features([4] * 16, max_len=16)
@@ -169,4 +213,4 @@ def test_packing_with_gradient_accumulation_is_an_error_naming_both_keys():
     host = HostInfo(seed=0, process_index=0, process_count=1, local_batch_size=8,
                     global_batch_size=8, workdir="")  # fmt: skip
     with pytest.raises(ValueError, match="pack_sequences.*grad_accum_steps=2"):
-        finetune._packer(config, host, _features([3], 8))
+        finetune.packer(config, host, _features([3], 8))

@@ -14,10 +14,12 @@ four fifths of every row is padding). Packing puts the same B examples, each exa
 The model attends only within equal segment ids and restarts positions at each [CLS]
 (`bertjax.models.attention.AttentionMask`, `BertEmbeddings`), so each example gets the outputs
 it would get alone; the pooler reads each example's [CLS] through `cls_index`, so labels,
-weights, logits and losses stay one per example ([B]), in batch order. A step therefore sees the
-same B examples and the same gradient as an unpacked one (up to float rounding; dropout draws
-other masks), for fewer tokens. This is the "packing without cross-contamination" of NVIDIA's
-and Graphcore's BERT, applied to fine-tuning batches.
+weights, logits and losses stay one per example ([B]), in batch order. Token classification
+keeps its per-token labels per example ([B, L]) too and reads each example's token logits back
+from its row at `cls_index`, its first token (`bertjax.tasks.finetune.per_example_tokens`). A
+step therefore sees the same B examples and the same gradient as an unpacked one (up to float
+rounding; dropout draws other masks), for fewer tokens. This is the "packing without
+cross-contamination" of NVIDIA's and Graphcore's BERT, applied to fine-tuning batches.
 
 Shapes: R is the rows the fullest host needs (first-fit decreasing), rounded up to
 `row_multiple` (a multiple of the devices a host splits its rows over) and capped at the host's

@@ -385,6 +385,22 @@ def model_inputs(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
     return {k: batch[k] for k in keys if k in batch}
 
 
+def per_example_tokens(values: jax.Array, batch: dict[str, jax.Array]) -> jax.Array:
+    """Each example's own token positions of a per-token model output `values` [rows, L, ...]:
+    [B, L, ...] in batch order, as a padded batch has them (returned unchanged).
+
+    In a packed batch example i's tokens start at its cls_index ([CLS] comes first); the
+    positions past its end read the next example's tokens (clipped at the last row), where a
+    padded row has [PAD]s: callers ignore both (their labels are -1, their weights 0).
+    """
+    if "cls_index" not in batch:
+        return values
+    rows, length = values.shape[:2]
+    flat = values.reshape(rows * length, *values.shape[2:])
+    index = batch["cls_index"].astype(jnp.int32)[:, None] + jnp.arange(length, dtype=jnp.int32)
+    return jnp.take(flat, index, axis=0, mode="clip")
+
+
 def loss_fn(config, model, params, batch, rng, train):
     rngs = {"dropout": rng} if train else None
     inputs = model_inputs(batch)
@@ -450,17 +466,17 @@ def make_task_data(
     eval_batch = int(config.get("eval_batch_size", 0) or host.global_batch_size)
     if eval_batch % host.process_count:
         raise ValueError(f"config.eval_batch_size={eval_batch} is not divisible by the processes")
-    packer = functools.partial(_packer, config, host)
+    split_packer = functools.partial(packer, config, host)
     iterator = batching.TrainIterator(
         train, host.global_batch_size, host.seed, host.process_index, host.process_count,
-        packer=packer(train),
+        packer=split_packer(train),
     )  # fmt: skip
     _log_split("train", train, label_names)
     for name, feats in eval_features.items():
         _log_split(name, feats, label_names)
     logging.info("%d steps per epoch", iterator.steps_per_epoch)
 
-    eval_packers = {name: packer(feats) for name, feats in eval_features.items()}
+    eval_packers = {name: split_packer(feats) for name, feats in eval_features.items()}
 
     def eval_sets():
         return {
@@ -489,7 +505,7 @@ def make_task_data(
 PACKED_ROW_STEP = 4
 
 
-def _packer(
+def packer(
     config: ml_collections.ConfigDict, host: HostInfo, feats: dict[str, np.ndarray]
 ) -> example_packing.ExamplePacker | None:
     """The packer of one split, or None when the run does not pack."""

@@ -30,7 +30,7 @@ import optax
 from absl import logging
 
 from bertjax import ner_metrics
-from bertjax.data import batching, conll
+from bertjax.data import batching, conll, example_packing
 from bertjax.data.features import MODEL_KEYS
 from bertjax.tasks import finetune
 from bertjax.tasks.base import HostInfo, Task, TaskData
@@ -98,15 +98,21 @@ def build_data(config: ml_collections.ConfigDict, host: HostInfo) -> TaskData:
         logging.info("%s: %d sentences -> %d rows", name, len(sentences), len(feats["labels"]))
     iterator = batching.TrainIterator(
         train, host.global_batch_size, host.seed, host.process_index, host.process_count,
-        keys=TRAIN_KEYS,
+        keys=TRAIN_KEYS, packer=finetune.packer(config, host, train),
     )  # fmt: skip
     eval_batch = int(config.get("eval_batch_size", 0) or host.global_batch_size)
+    eval_packers = {name: finetune.packer(config, host, f) for name, f in eval_sets.items()}
 
     def make_eval_sets():
         return {
             name: batching.eval_batches(
-                feats, eval_batch, host.process_index, host.process_count, keys=EVAL_KEYS
-            )
+                feats,
+                eval_batch,
+                host.process_index,
+                host.process_count,
+                keys=EVAL_KEYS,
+                packer=eval_packers[name],
+            )  # fmt: skip
             for name, feats in eval_sets.items()
         }
 
@@ -132,16 +138,28 @@ def build_model(config: ml_collections.ConfigDict, data: TaskData | None):
 
 
 def batch_spec(config: ml_collections.ConfigDict, model_cfg: Any, batch_size: int):
+    """Global batch shapes: the model inputs (packed: plus segment_ids, positions [R, L] and
+    cls_index [B], with R = B the most rows a batch can need), labels [B, L], weights [B]."""
     length = config.data.max_seq_length
-    spec = {k: jax.ShapeDtypeStruct((batch_size, length), jnp.int32) for k in TRAIN_KEYS}
+    row_keys = example_packing.ROW_KEYS if finetune.packs(config) else MODEL_KEYS
+    spec = {k: jax.ShapeDtypeStruct((batch_size, length), jnp.int32) for k in row_keys}
+    if finetune.packs(config):
+        spec["cls_index"] = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
+    spec["labels"] = jax.ShapeDtypeStruct((batch_size, length), jnp.int32)
     spec["weights"] = jax.ShapeDtypeStruct((batch_size,), jnp.float32)
     return spec
 
 
+def _logits(model, params, batch, train: bool, rngs=None) -> jax.Array:
+    """[B, L, tags]: each example's token logits, its labels' layout (packed or padded)."""
+    inputs = finetune.model_inputs(batch)
+    logits = model.apply({"params": params}, inputs, train=train, rngs=rngs)["logits"]
+    return finetune.per_example_tokens(logits, batch)
+
+
 def loss_fn(config, model, params, batch, rng, train):
     rngs = {"dropout": rng} if train else None
-    inputs = {k: batch[k] for k in MODEL_KEYS}
-    logits = model.apply({"params": params}, inputs, train=train, rngs=rngs)["logits"]
+    logits = _logits(model, params, batch, train, rngs)
     labels = batch["labels"]
     mask = (labels >= 0).astype(jnp.float32) * batch["weights"][:, None]
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(labels, 0))
@@ -152,8 +170,7 @@ def loss_fn(config, model, params, batch, rng, train):
 
 
 def eval_step(config, model, params, batch):
-    inputs = {k: batch[k] for k in MODEL_KEYS}
-    logits = model.apply({"params": params}, inputs, train=False)["logits"]
+    logits = _logits(model, params, batch, train=False)
     return {
         "pred": logits.argmax(-1).astype(jnp.int32),
         "window": batch["window"],

@@ -70,6 +70,9 @@ def finetune_model() -> ml_collections.ConfigDict:
     model.vocab_size = 0
     model.hidden_dropout = 0.1
     model.attention_dropout = 0.1
+    # The new head's kernel initializer: "normal" (std 0.02, transformers' BertFor* heads) or
+    # "truncated_normal" (google-research/bert's, std 0.88 x 0.02); see docs/finetuning.md.
+    model.head_init = "normal"
     model.dtype = "float32"  # compute dtype; "bfloat16" for mixed precision
     model.param_dtype = "float32"
     model.remat = "none"

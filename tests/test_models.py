@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import pathlib
 
 import flax.linen as nn
 import jax
@@ -372,3 +373,45 @@ def test_kv_cache_decoding_equals_full_causal_forward():
         cache = mutated["cache"]
         assert max_diff(step_out[:, 0], full[jnp.arange(b), positions]) < 1e-5
         positions = positions + 1
+
+
+@pytest.mark.parametrize("head", ["classification", "question_answering", "token_classification"])
+def test_head_init_normal_is_transformers_and_truncated_normal_is_berts(head):
+    """The task head's kernel: "normal" has std initializer_range and values past 2 std (as
+    transformers' BertFor* heads); "truncated_normal" none past 2 std and std 0.88 x range (as
+    google-research/bert's). The encoder's kernels are the truncated normal either way."""
+    labels = 2 if head == "question_answering" else 600
+    stds = {}
+    for kind in ("normal", "truncated_normal"):
+        cfg = models.get_config(
+            "tiny", vocab_size=64, head=head, num_labels=labels, head_init=kind,
+            initializer_range=0.02,
+        )  # fmt: skip
+        batch = {"input_ids": jnp.ones((1, 4), jnp.int32)}
+        params = meta.unbox(models.build(cfg).init(jax.random.key(0), batch)["params"])
+        name = "qa_outputs" if head == "question_answering" else "classifier"
+        kernel = np.asarray(params[name]["kernel"])
+        encoder = np.asarray(jax.tree.leaves(params["encoder"])[0])
+        assert np.abs(encoder).max() <= 0.04 + 1e-7, kind
+        np.testing.assert_array_equal(np.asarray(params[name]["bias"]), 0.0)
+        stds[kind] = (kernel.std(), np.abs(kernel).max())
+    tolerance = 0.1 if head == "question_answering" else 0.02  # 256 vs 76,800 draws
+    assert abs(stds["normal"][0] / 0.02 - 1) < tolerance
+    assert stds["normal"][1] > 0.04
+    assert abs(stds["truncated_normal"][0] / (0.02 * 0.8796) - 1) < tolerance
+    assert stds["truncated_normal"][1] <= 0.04 + 1e-7
+    with pytest.raises(ValueError, match="head_init='uniform'"):
+        models.get_config("tiny", head_init="uniform")
+
+
+def test_finetuning_configs_default_to_transformers_head_init():
+    from bertjax import config_lib
+    from bertjax.tasks import finetune
+
+    configs = pathlib.Path(__file__).resolve().parents[1] / "configs"
+    for name in ("classify.py", "glue.py:sst2", "ner.py", "squad.py"):
+        config = config_lib.load(str(configs / name), {"model.preset": "tiny"})
+        assert config.model.head_init == "normal", name
+    overrides = {"model.preset": "tiny", "model.head_init": "truncated_normal"}
+    config = config_lib.load(str(configs / "classify.py"), overrides)
+    assert finetune.model_config(config, 100, 3).head_init == "truncated_normal"

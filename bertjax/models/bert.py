@@ -259,7 +259,11 @@ class BertForSequenceClassification(BertModel):
         super().setup()
         self.dropout = layers.Dropout(self.cfg.hidden_dropout)
         self.classifier = layers.dense(
-            self.cfg, self.cfg.num_labels, ("embed", "labels"), name="classifier"
+            self.cfg,
+            self.cfg.num_labels,
+            ("embed", "labels"),
+            init=self.cfg.head_init,
+            name="classifier",
         )
 
     def __call__(
@@ -277,7 +281,9 @@ class BertForQuestionAnswering(BertModel):
 
     def setup(self) -> None:
         BertModel.setup(self)
-        self.qa_outputs = layers.dense(self.cfg, 2, ("embed", "labels"), name="qa_outputs")
+        self.qa_outputs = layers.dense(
+            self.cfg, 2, ("embed", "labels"), init=self.cfg.head_init, name="qa_outputs"
+        )
 
     def __call__(
         self, batch: Batch, train: bool = False, embeddings: Array | None = None
@@ -296,7 +302,11 @@ class BertForTokenClassification(BertModel):
         BertModel.setup(self)
         self.dropout = layers.Dropout(self.cfg.hidden_dropout)
         self.classifier = layers.dense(
-            self.cfg, self.cfg.num_labels, ("embed", "labels"), name="classifier"
+            self.cfg,
+            self.cfg.num_labels,
+            ("embed", "labels"),
+            init=self.cfg.head_init,
+            name="classifier",
         )
 
     def __call__(

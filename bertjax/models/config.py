@@ -30,6 +30,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 # The compute dtype may also be "auto": bertjax.kernels.cpu_features.preferred_compute_dtype.
 COMPUTE_DTYPES = ("auto", *DTYPES)
 KERNELS = ("auto", "xla", "cpu_bf16")  # see bertjax/kernels/__init__.py
+HEAD_INITS = ("truncated_normal", "normal")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +56,12 @@ class ModelConfig:
     layer_norm_eps: float = 1e-12
     hidden_act: str = "gelu"  # "gelu" = exact erf GELU (BERT); "gelu_new" = tanh approx (GPT-2)
     initializer_range: float = 0.02
+    # The kernel initializer of the task heads (classifier, span and tagger layers) that a
+    # fine-tuning run adds to a pretrained encoder: "truncated_normal" = every other layer's and
+    # google-research/bert's (cut at 2 std and not rescaled: its std is 0.88 x
+    # initializer_range); "normal" = transformers' BertFor* heads (std = initializer_range).
+    # In short fine-tuning runs the head's initial scale shows in the score (docs/finetuning.md).
+    head_init: str = "truncated_normal"
     # "encoder" (BertModel), "pretraining" (MLM + NSP), "mlm" (BertForMaskedLM: MLM only, no
     # pooler), "classification" (sequence classification / regression), "causal_lm" (GPT).
     head: str = "encoder"
@@ -86,6 +93,7 @@ class ModelConfig:
         check("attention_impl", self.attention_impl, ATTENTION_IMPLS)
         check("dtype", self.dtype, COMPUTE_DTYPES)
         check("kernels", self.kernels, KERNELS)
+        check("head_init", self.head_init, HEAD_INITS)
         check("param_dtype", self.param_dtype, DTYPES)
         for name in (
             "vocab_size",

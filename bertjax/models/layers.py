@@ -80,9 +80,15 @@ class _KernelPartitioned(nn.LogicallyPartitioned):
         return self.value
 
 
-def kernel_init(cfg: ModelConfig, names: tuple[str, ...]) -> nn.initializers.Initializer:
-    """BERT's initializer (truncated normal, std = initializer_range) with logical axis names."""
-    base = nn.initializers.truncated_normal(stddev=cfg.initializer_range)
+def kernel_init(
+    cfg: ModelConfig, names: tuple[str, ...], kind: str = "truncated_normal"
+) -> nn.initializers.Initializer:
+    """BERT's initializer with logical axis names: truncated normal (stddev = initializer_range
+    before the cut at 2 stddev), or with kind="normal" a plain normal of that stddev."""
+    if kind == "normal":
+        base = nn.initializers.normal(stddev=cfg.initializer_range)
+    else:
+        base = nn.initializers.truncated_normal(stddev=cfg.initializer_range)
 
     def init(key: Array, shape: tuple[int, ...], dtype: jnp.dtype = jnp.float32):
         return _KernelPartitioned(base(key, shape, dtype), names)
@@ -109,6 +115,7 @@ class Dense(nn.Module):
     # The decode layout: the kernel stored as a 2-D [out, in] matrix (`to_decode_layout` makes
     # it from the training layout), which the few rows of a decode step multiply fastest.
     transposed: bool = False
+    init: str = "truncated_normal"  # the kernel's: see `kernel_init`
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -126,7 +133,10 @@ class Dense(nn.Module):
             y = kernels.linear_decode(x, kernel_t, bias.reshape(n), cfg.compute_dtype, cfg.kernels)
             return y.reshape(*y.shape[:-1], *self.features)
         kernel = self.param(
-            "kernel", kernel_init(cfg, self.names), in_shape + self.features, cfg.params_dtype
+            "kernel",
+            kernel_init(cfg, self.names, self.init),
+            in_shape + self.features,
+            cfg.params_dtype,
         )
         bias = self.param(
             "bias", zeros_init(self.names[len(in_shape) :]), self.features, cfg.params_dtype
@@ -165,15 +175,18 @@ def dense(
     *,
     axis: int | tuple[int, ...] = -1,
     transposed: bool = False,
+    init: str = "truncated_normal",
     name: str,
 ) -> Dense:
-    """A Dense (kernel + bias) whose kernel axes are `names` (inputs then outputs)."""
+    """A Dense (kernel + bias) whose kernel axes are `names` (inputs then outputs); `init`:
+    its kernel's initializer (`kernel_init`)."""
     return Dense(
         cfg,
         features=(features,) if isinstance(features, int) else tuple(features),
         names=names,
         axis=(axis,) if isinstance(axis, int) else tuple(axis),
         transposed=transposed,
+        init=init,
         name=name,
     )
 

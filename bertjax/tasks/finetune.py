@@ -46,7 +46,9 @@ SIZE_FIELDS = (
     "type_vocab_size",
 )
 # config.model keys that are ModelConfig fields applied on top of the checkpoint's config.
-_RUNTIME_FIELDS = ("hidden_dropout", "attention_dropout", "dtype", "param_dtype", "remat")
+_RUNTIME_FIELDS = (
+    "hidden_dropout", "attention_dropout", "dtype", "param_dtype", "remat", "head_init"
+)  # fmt: skip
 
 
 class InitFromError(ValueError):

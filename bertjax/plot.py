@@ -9,13 +9,14 @@ Several runs are overlaid (one colour per run, e.g. a sweep's grid); eval values
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import pathlib
 import sys
 from collections.abc import Sequence
 from typing import Any
+
+from bertjax.data import jsonl
 
 METRICS_FILE = "metrics.jsonl"
 # Keys that are not curves worth a panel of their own.
@@ -34,17 +35,10 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found (the training loop writes {METRICS_FILE})")
     records = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}, line {number}: not valid JSON ({e})") from None
-            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
-                raise ValueError(f"{path}, line {number}: expected an object with an int 'step'")
-            records.append(record)
+    for number, record in jsonl.read_objects(str(path)):
+        if not isinstance(record.get("step"), int):
+            raise ValueError(f"{path}:{number}: expected an object with an int 'step'")
+        records.append(record)
     return records
 
 

@@ -37,10 +37,10 @@ def test_plot_overlays_runs_and_groups_train_and_eval(tmp_path):
 
 def test_bad_metrics_name_the_file_and_line(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2}\n{"loss": 1\n')
-    with pytest.raises(ValueError, match=r"metrics.jsonl, line 2: not valid JSON"):
+    with pytest.raises(ValueError, match=r"metrics.jsonl:2: not valid JSON"):
         plot.read_metrics(tmp_path)
     (tmp_path / "metrics.jsonl").write_text('{"loss": 1}\n')
-    with pytest.raises(ValueError, match=r"line 1: expected an object with an int 'step'"):
+    with pytest.raises(ValueError, match=r"metrics.jsonl:1: expected an object with an int 'step'"):
         plot.read_metrics(tmp_path)
     with pytest.raises(FileNotFoundError, match="nowhere/metrics.jsonl not found"):
         plot.read_metrics(tmp_path / "nowhere")

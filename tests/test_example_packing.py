@@ -116,6 +116,25 @@ def test_train_iterator_packs_the_same_examples_as_the_padded_one():
     assert sum(b["weights"].sum() for b in evals) == 37
 
 
+def _loss_and_gradients_agree(model, loss_fn, padded: dict, packed: dict) -> tuple:
+    """Asserts that a task's `loss_fn` (dropout off) gives the same loss and gradients on the
+    padded and the packed batch of the same examples; returns (params, aux padded, aux packed)."""
+    inputs = finetune.model_inputs(padded)
+    params = meta.unbox(jax.jit(model.init)(jax.random.key(0), inputs)["params"])
+    config = ml_collections.ConfigDict()
+
+    def loss(p, batch):
+        return loss_fn(config, model, p, batch, jax.random.key(1), False)
+
+    grad = jax.jit(jax.value_and_grad(loss, has_aux=True))
+    (loss_a, aux_a), grads_a = grad(params, jax.tree.map(jnp.asarray, padded))
+    (loss_p, aux_p), grads_p = grad(params, jax.tree.map(jnp.asarray, packed))
+    np.testing.assert_allclose(loss_p, loss_a, rtol=1e-5)
+    for a, p in zip(jax.tree.leaves(grads_a), jax.tree.leaves(grads_p), strict=True):
+        np.testing.assert_allclose(p, a, atol=1e-5, rtol=1e-4)
+    return params, aux_a, aux_p
+
+
 def test_packed_step_computes_the_padded_steps_logits_loss_and_gradients():
     """The fine-tuning loss of the same examples, packed or padded: equal logits, loss and
     gradients (dropout off; with dropout the two draw different masks)."""
@@ -130,19 +149,8 @@ def test_packed_step_computes_the_padded_steps_logits_loss_and_gradients():
     packed = ExamplePacker(feats, row_multiple=1).pack(examples, batching.BATCH_KEYS)
     assert packed["input_ids"].shape[0] < 12
     model = models.build(cfg)
-    inputs = finetune.model_inputs(padded)
-    params = meta.unbox(jax.jit(model.init)(jax.random.key(0), inputs)["params"])
+    params, _, _ = _loss_and_gradients_agree(model, finetune.loss_fn, padded, packed)
     config = ml_collections.ConfigDict()
-
-    def loss(p, batch):
-        return finetune.loss_fn(config, model, p, batch, jax.random.key(1), False)
-
-    grad = jax.jit(jax.value_and_grad(loss, has_aux=True))
-    (loss_a, _), grads_a = grad(params, jax.tree.map(jnp.asarray, padded))
-    (loss_p, _), grads_p = grad(params, jax.tree.map(jnp.asarray, packed))
-    np.testing.assert_allclose(loss_p, loss_a, rtol=1e-5)
-    for a, p in zip(jax.tree.leaves(grads_a), jax.tree.leaves(grads_p), strict=True):
-        np.testing.assert_allclose(p, a, atol=1e-5, rtol=1e-4)
     evaluate = jax.jit(lambda p, b: finetune.eval_step(config, model, p, b))
     out_a, out_p = evaluate(params, padded), evaluate(params, packed)
     real = slice(0, 11)  # the padding example's outputs are meaningless (weight 0) in both
@@ -173,20 +181,9 @@ def test_packed_token_classification_step_computes_the_padded_steps_loss_and_pre
     packed = ExamplePacker(feats, row_multiple=1).pack(examples, ner.EVAL_KEYS)
     assert packed["input_ids"].shape[0] < 12 and packed["labels"].shape == (12, 32)
     model = models.build(cfg)
-    inputs = finetune.model_inputs(padded)
-    params = meta.unbox(jax.jit(model.init)(jax.random.key(0), inputs)["params"])
-    config = ml_collections.ConfigDict()
-
-    def loss(p, batch):
-        return ner.loss_fn(config, model, p, batch, jax.random.key(1), False)
-
-    grad = jax.jit(jax.value_and_grad(loss, has_aux=True))
-    (loss_a, aux_a), grads_a = grad(params, jax.tree.map(jnp.asarray, padded))
-    (loss_p, aux_p), grads_p = grad(params, jax.tree.map(jnp.asarray, packed))
-    np.testing.assert_allclose(loss_p, loss_a, rtol=1e-5)
+    params, aux_a, aux_p = _loss_and_gradients_agree(model, ner.loss_fn, padded, packed)
     np.testing.assert_allclose(aux_p["token_accuracy"], aux_a["token_accuracy"], rtol=1e-6)
-    for a, p in zip(jax.tree.leaves(grads_a), jax.tree.leaves(grads_p), strict=True):
-        np.testing.assert_allclose(p, a, atol=1e-5, rtol=1e-4)
+    config = ml_collections.ConfigDict()
     evaluate = jax.jit(lambda p, b: ner.eval_step(config, model, p, b))
     out_a, out_p = evaluate(params, padded), evaluate(params, packed)
     real = feats["attention_mask"][:11] > 0  # each real example's own tokens

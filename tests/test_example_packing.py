@@ -116,6 +116,15 @@ def test_train_iterator_packs_the_same_examples_as_the_padded_one():
     assert sum(b["weights"].sum() for b in evals) == 37
 
 
+def _tiny_model(head: str, num_labels: int):
+    """A tiny BERT with `head`, dropout off (packed and padded steps then compute alike)."""
+    cfg = models.get_config(
+        "tiny", vocab_size=2048, max_position_embeddings=64, head=head, num_labels=num_labels,
+        hidden_dropout=0.0, attention_dropout=0.0,
+    )  # fmt: skip
+    return models.build(cfg)
+
+
 def _loss_and_gradients_agree(model, loss_fn, padded: dict, packed: dict) -> tuple:
     """Asserts that a task's `loss_fn` (dropout off) gives the same loss and gradients on the
     padded and the packed batch of the same examples; returns (params, aux padded, aux packed)."""
@@ -138,17 +147,13 @@ def _loss_and_gradients_agree(model, loss_fn, padded: dict, packed: dict) -> tup
 def test_packed_step_computes_the_padded_steps_logits_loss_and_gradients():
     """The fine-tuning loss of the same examples, packed or padded: equal logits, loss and
     gradients (dropout off; with dropout the two draw different masks)."""
-    cfg = models.get_config(
-        "tiny", vocab_size=2048, max_position_embeddings=64, head="classification",
-        num_labels=3, hidden_dropout=0.0, attention_dropout=0.0,
-    )  # fmt: skip
+    model = _tiny_model("classification", num_labels=3)
     lengths = list(np.random.default_rng(1).integers(2, 25, 12))
     feats = _features(lengths, max_len=32, seed=4)
     examples = np.array([*range(11), -1])
     padded = batching.take_rows(feats, examples)
     packed = ExamplePacker(feats, row_multiple=1).pack(examples, batching.BATCH_KEYS)
     assert packed["input_ids"].shape[0] < 12
-    model = models.build(cfg)
     params, _, _ = _loss_and_gradients_agree(model, finetune.loss_fn, padded, packed)
     config = ml_collections.ConfigDict()
     evaluate = jax.jit(lambda p, b: finetune.eval_step(config, model, p, b))
@@ -163,10 +168,7 @@ def test_packed_token_classification_step_computes_the_padded_steps_loss_and_pre
     [L] positions, so loss, gradients and predictions equal the padded batch's."""
     from bertjax.tasks import ner
 
-    cfg = models.get_config(
-        "tiny", vocab_size=2048, max_position_embeddings=64, head="token_classification",
-        num_labels=5, hidden_dropout=0.0, attention_dropout=0.0,
-    )  # fmt: skip
+    model = _tiny_model("token_classification", num_labels=5)
     lengths = list(np.random.default_rng(2).integers(3, 25, 12))
     feats = _features(lengths, max_len=32, seed=6)
     rng = np.random.default_rng(7)  # first pieces labelled, others (and [CLS]/[SEP]/pads) -1
@@ -180,7 +182,6 @@ def test_packed_token_classification_step_computes_the_padded_steps_loss_and_pre
     padded = batching.take_rows(feats, examples, ner.EVAL_KEYS)
     packed = ExamplePacker(feats, row_multiple=1).pack(examples, ner.EVAL_KEYS)
     assert packed["input_ids"].shape[0] < 12 and packed["labels"].shape == (12, 32)
-    model = models.build(cfg)
     params, aux_a, aux_p = _loss_and_gradients_agree(model, ner.loss_fn, padded, packed)
     np.testing.assert_allclose(aux_p["token_accuracy"], aux_a["token_accuracy"], rtol=1e-6)
     config = ml_collections.ConfigDict()

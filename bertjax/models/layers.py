@@ -80,15 +80,19 @@ class _KernelPartitioned(nn.LogicallyPartitioned):
         return self.value
 
 
+def initializer(cfg: ModelConfig, kind: str = "truncated_normal") -> nn.initializers.Initializer:
+    """BERT's kernel initializer: truncated normal (stddev = initializer_range before the cut at
+    2 stddev), or with kind="normal" a plain normal of that stddev."""
+    if kind == "normal":
+        return nn.initializers.normal(stddev=cfg.initializer_range)
+    return nn.initializers.truncated_normal(stddev=cfg.initializer_range)
+
+
 def kernel_init(
     cfg: ModelConfig, names: tuple[str, ...], kind: str = "truncated_normal"
 ) -> nn.initializers.Initializer:
-    """BERT's initializer with logical axis names: truncated normal (stddev = initializer_range
-    before the cut at 2 stddev), or with kind="normal" a plain normal of that stddev."""
-    if kind == "normal":
-        base = nn.initializers.normal(stddev=cfg.initializer_range)
-    else:
-        base = nn.initializers.truncated_normal(stddev=cfg.initializer_range)
+    """`initializer(cfg, kind)` with logical axis names."""
+    base = initializer(cfg, kind)
 
     def init(key: Array, shape: tuple[int, ...], dtype: jnp.dtype = jnp.float32):
         return _KernelPartitioned(base(key, shape, dtype), names)
@@ -127,8 +131,7 @@ class Dense(nn.Module):
         k, n = math.prod(in_shape), math.prod(self.features)
         x = x.reshape(*x.shape[: axes[0]], k)
         if self.transposed:
-            init = nn.initializers.truncated_normal(stddev=cfg.initializer_range)
-            kernel_t = self.param("kernel", init, (n, k), cfg.params_dtype)
+            kernel_t = self.param("kernel", initializer(cfg, self.init), (n, k), cfg.params_dtype)
             bias = self.param("bias", nn.initializers.zeros, self.features, cfg.params_dtype)
             y = kernels.linear_decode(x, kernel_t, bias.reshape(n), cfg.compute_dtype, cfg.kernels)
             return y.reshape(*y.shape[:-1], *self.features)

@@ -352,16 +352,25 @@ def batch_spec(
     float32 [B, C] multi-hot (multi-label); weights float32 [B]. Packed runs add segment_ids
     and positions [R, L] and cls_index [B]; R = B here, the most rows a batch can need (a
     batch with fewer gets its own compiled step: `bertjax.train.Trainer.step_for`)."""
-    length = config.data.max_seq_length
-    row_keys = example_packing.ROW_KEYS if packs(config) else features.MODEL_KEYS
-    spec = {k: jax.ShapeDtypeStruct((batch_size, length), jnp.int32) for k in row_keys}
-    if packs(config):
-        spec["cls_index"] = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
+    spec = input_spec(config, batch_size)
     if multi_label:
         spec["labels"] = jax.ShapeDtypeStruct((batch_size, model_cfg.num_labels), jnp.float32)
     else:
         label_dtype = jnp.float32 if model_cfg.num_labels == 1 else jnp.int32
         spec["labels"] = jax.ShapeDtypeStruct((batch_size,), label_dtype)
+    return spec
+
+
+def input_spec(
+    config: ml_collections.ConfigDict, batch_size: int
+) -> dict[str, jax.ShapeDtypeStruct]:
+    """What every fine-tuning batch carries besides its labels: the int32 token rows [B, L]
+    (packed: plus segment_ids and positions, and cls_index [B]) and weights float32 [B]."""
+    length = config.data.max_seq_length
+    row_keys = example_packing.ROW_KEYS if packs(config) else features.MODEL_KEYS
+    spec = {k: jax.ShapeDtypeStruct((batch_size, length), jnp.int32) for k in row_keys}
+    if packs(config):
+        spec["cls_index"] = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
     spec["weights"] = jax.ShapeDtypeStruct((batch_size,), jnp.float32)
     return spec
 

@@ -30,7 +30,7 @@ import optax
 from absl import logging
 
 from bertjax import ner_metrics
-from bertjax.data import batching, conll, example_packing
+from bertjax.data import batching, conll
 from bertjax.data.features import MODEL_KEYS
 from bertjax.tasks import finetune
 from bertjax.tasks.base import HostInfo, Task, TaskData
@@ -140,13 +140,8 @@ def build_model(config: ml_collections.ConfigDict, data: TaskData | None):
 def batch_spec(config: ml_collections.ConfigDict, model_cfg: Any, batch_size: int):
     """Global batch shapes: the model inputs (packed: plus segment_ids, positions [R, L] and
     cls_index [B], with R = B the most rows a batch can need), labels [B, L], weights [B]."""
-    length = config.data.max_seq_length
-    row_keys = example_packing.ROW_KEYS if finetune.packs(config) else MODEL_KEYS
-    spec = {k: jax.ShapeDtypeStruct((batch_size, length), jnp.int32) for k in row_keys}
-    if finetune.packs(config):
-        spec["cls_index"] = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
-    spec["labels"] = jax.ShapeDtypeStruct((batch_size, length), jnp.int32)
-    spec["weights"] = jax.ShapeDtypeStruct((batch_size,), jnp.float32)
+    spec = finetune.input_spec(config, batch_size)
+    spec["labels"] = jax.ShapeDtypeStruct((batch_size, config.data.max_seq_length), jnp.int32)
     return spec
 
 

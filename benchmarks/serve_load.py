@@ -1,7 +1,8 @@
 """Load test of prediction servers: fixed concurrency and fixed arrival rate, side by side.
 
-    # bertjax (batched), bertjax with batching off, and FastAPI + transformers on the same
-    # weights (converted with bertjax.convert.to_hf), alternated in rounds:
+    # bertjax (batched, inputs packed into token rows), bertjax batched with padded rows
+    # (--no-padded skips it), bertjax with batching off, and FastAPI + transformers on the
+    # same weights (converted with bertjax.convert.to_hf), alternated in rounds:
     python benchmarks/serve_load.py --workdir=runs/sst2 \
         --sentences=../shared/data/glue/SST-2/dev.tsv --concurrency=16 --rate=40 --rounds=3
 
@@ -221,10 +222,12 @@ def compare(args, texts: list[str], log_dir: pathlib.Path) -> None:
         f"--max_batch_size={args.max_batch_size}",
         f"--max_batch_tokens={args.max_batch_tokens}",
     ]
-    contenders = {
-        "bertjax": bertjax_cmd(args, *batched),
-        "bertjax-unbatched": bertjax_cmd(args, "--max_batch_size=1", "--max_batch_tokens=512"),
-    }
+    contenders = {"bertjax": bertjax_cmd(args, *batched)}
+    if args.padded:  # the same batcher with one padded row per input: what packing gains
+        contenders["bertjax-padded"] = bertjax_cmd(args, *batched, "--no-pack_rows")
+    contenders["bertjax-unbatched"] = bertjax_cmd(
+        args, "--max_batch_size=1", "--max_batch_tokens=512", "--no-pack_rows"
+    )
     if not args.no_baseline:
         hf_dir = export_hf(args.workdir, log_dir / "hf_model")
         contenders["transformers"] = [
@@ -304,25 +307,22 @@ def print_table(results: dict) -> None:
             f"| {name} | {load} | {med['req_s']:.1f} | {med['p50_ms']:.1f} | "
             f"{med['p90_ms']:.1f} | {med['p99_ms']:.1f} | {dict(statuses)} | {batch_text} |"
         )
-    base = {
-        load: statistics.median(r["req_s"] for r in rows)
-        for (name, load), rows in results.items()
-        if name == "transformers"
+
+    def medians(server: str) -> dict[str, float]:
+        return {
+            load: statistics.median(r["req_s"] for r in rows)
+            for (name, load), rows in results.items()
+            if name == server
+        }
+
+    others = {
+        "transformers": medians("transformers"),
+        "padded rows": medians("bertjax-padded"),
+        "unbatched": medians("bertjax-unbatched"),
     }
-    unbatched = {
-        load: statistics.median(r["req_s"] for r in rows)
-        for (name, load), rows in results.items()
-        if name == "bertjax-unbatched"
-    }
-    for (name, load), rows in results.items():
-        if name != "bertjax":
-            continue
-        ours = statistics.median(r["req_s"] for r in rows)
-        parts = [
-            f"{ours / base[load]:.2f}x transformers" if load in base else "",
-            f"{ours / unbatched[load]:.2f}x unbatched" if load in unbatched else "",
-        ]
-        print(f"# bertjax throughput at {load}: " + ", ".join(p for p in parts if p))
+    for load, ours in medians("bertjax").items():
+        parts = [f"{ours / by[load]:.2f}x {n}" for n, by in others.items() if load in by]
+        print(f"# bertjax throughput at {load}: " + ", ".join(parts))
 
 
 def overload(args, texts: list[str], log_dir: pathlib.Path) -> None:
@@ -369,6 +369,12 @@ def main() -> None:
     p.add_argument("--max_batch_tokens", type=int, default=2048)
     p.add_argument("--overload_limit", type=int, default=8)
     p.add_argument("--no_baseline", action="store_true", help="Skip the transformers server.")
+    p.add_argument(
+        "--padded",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Also run bertjax batching with padded rows (--no-pack_rows) beside packed ones.",
+    )
     p.add_argument("--cache_dir", default=os.path.join(tempfile.gettempdir(), "bertjax_jax_cache"))
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()

@@ -64,6 +64,23 @@ def test_predict_shapes_scores_and_exact_logits(server):
     assert len(top) == 1 and len(top[0]) == 1
 
 
+def test_padded_batches_answer_as_the_packed_ones():
+    """--no-pack_rows: one padded row per input, at (batch, length) buckets."""
+    backend = tiny_backend(num_labels=3, max_seq_length=32)
+    app = create_app(backend, small_settings(**SETTINGS, pack_rows=False))
+    inputs = [["the plot", "was boring"], "great acting", "not very fun at all"]
+    with running_server(app) as url:
+        info = httpx.get(f"{url}/info").json()["buckets"]
+        got = httpx.post(f"{url}/v1/predict", json={"inputs": inputs, "raw_scores": True})
+    assert info["packed"] is False and [4, 16] in info["shapes"]
+    assert all(len(key) == 2 for key in backend.compiled_shapes)  # no packed function
+    for item, scores in zip(inputs, got.json(), strict=True):
+        text, pair = (item, None) if isinstance(item, str) else item
+        logits, _, _ = _offline(backend, text, pair)
+        raw = np.array([{s["label"]: s["score"] for s in scores}[n] for n in backend.label_names])
+        np.testing.assert_allclose(raw, logits, rtol=1e-6, atol=1e-6)
+
+
 def test_embed_mean_and_pooler_normalised(server):
     url, backend, _ = server
     _, mean, pooled = _offline(backend, "a sad story")
@@ -79,6 +96,7 @@ def test_info_docs_and_health(server):
     url, _, app = server
     info = httpx.get(f"{url}/info").json()
     assert info["model"]["label_names"] == ["class_0", "class_1", "class_2"]
+    assert info["buckets"]["packed"] is True  # a classifier packs its inputs by default
     assert [tuple(s) for s in info["buckets"]["shapes"]] == app.state.grid.shapes()
     assert httpx.get(f"{url}/docs").status_code == 200
     assert "/v1/predict" in httpx.get(f"{url}/openapi.json").json()["paths"]
@@ -98,9 +116,9 @@ def test_no_compilation_across_1000_requests_and_metrics_count_them(server):
     ran_buckets = []
     run = backend.run
 
-    def recording_run(rows, bucket):
-        ran_buckets.append(bucket)
-        return run(rows, bucket)
+    def recording_run(rows, plan):
+        ran_buckets.append(plan.bucket)  # the app packs a classifier's inputs by default
+        return run(rows, plan)
 
     app.state.batcher._run_fn = recording_run
     rng = np.random.default_rng(1)

@@ -38,6 +38,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--min_bucket_length", type=int, default=16, help="Shortest length bucket.")
     p.add_argument(
+        "--pack_rows",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Classifiers and encoders: inputs share token rows instead of one padded row "
+        "each (--no-pack_rows: pad).",
+    )
+    p.add_argument(
         "--max_concurrent_requests",
         type=int,
         default=512,
@@ -125,6 +132,7 @@ def main(argv: list[str] | None = None) -> None:
             max_batch_size=args.max_batch_size,
             max_wait_ms=args.max_wait_ms,
             min_bucket_length=args.min_bucket_length,
+            pack_rows=args.pack_rows,
             max_concurrent_requests=args.max_concurrent_requests,
             max_client_batch_size=args.max_client_batch_size,
             max_payload_bytes=args.max_payload_bytes,

@@ -38,6 +38,7 @@ from bertjax.serve.errors import (
 from bertjax.serve.generation import GenerateOptions, GenerationBackend, GenerationWorker
 from bertjax.serve.limits import LimitsMiddleware
 from bertjax.serve.metrics import ServerMetrics
+from bertjax.serve.row_packing import PackedGrid
 from bertjax.serve.schemas import EmbedRequest, PredictRequest, as_rows
 from bertjax.serve.spans import SpanBackend
 
@@ -56,10 +57,15 @@ class ServerSettings:
     max_client_batch_size: int = 32
     max_payload_bytes: int = 1_000_000
     request_timeout_s: float = 30.0
+    # Classifiers and encoders: several inputs share a token row (bertjax.serve.row_packing)
+    # instead of one padded row each. Runs with per-token outputs (QA, NER) always pad.
+    pack_rows: bool = True
 
-    def grid(self, max_seq_length: int) -> BucketGrid:
-        return BucketGrid.build(
-            max_seq_length=max_seq_length,
+    def grid(self, backend: EncoderBackend) -> BucketGrid | PackedGrid:
+        """The shapes `backend` is compiled for: packed where it can and `pack_rows` asks."""
+        kind = PackedGrid if self.pack_rows and backend.can_pack_rows else BucketGrid
+        return kind.build(
+            max_seq_length=backend.max_seq_length,
             max_batch_size=self.max_batch_size,
             max_batch_tokens=self.max_batch_tokens,
             min_length=self.min_bucket_length,
@@ -81,7 +87,7 @@ class ServerState:
         if self.generator:
             self.worker = GenerationWorker()
         else:
-            self.grid = settings.grid(backend.max_seq_length)
+            self.grid = settings.grid(backend)
             self.batcher = Batcher(
                 backend.run,
                 self.grid,
@@ -123,10 +129,11 @@ class ServerState:
 
     async def _warm_up_encoder(self) -> int:
         shapes = self.grid.shapes()
-        await asyncio.to_thread(self.backend.compile, shapes)
+        examples = self.grid.max_examples if isinstance(self.grid, PackedGrid) else None
+        await asyncio.to_thread(self.backend.compile, shapes, examples=examples)
         # Run every bucket once: an executable's first run pays one-off costs (on
         # XLA:CPU several times a later run's) that must not land on a request.
-        await asyncio.to_thread(self.backend.warm_up, shapes)
+        await asyncio.to_thread(self.backend.warm_up, shapes, examples=examples)
         rows = await asyncio.to_thread(
             self.backend.featurize, ["warm-up request"], None, truncate=True
         )

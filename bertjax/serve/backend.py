@@ -5,7 +5,9 @@ of HTTP or batching: `featurize` turns (text, text_pair) inputs into variable-le
 `compile` compiles one function per (batch, length) bucket of a `BucketGrid` ahead of time, and
 `run` pads rows to a bucket, runs that compiled function and returns each row's outputs. Padding
 rows and padding keys are masked (attention_mask = 0), so a row's outputs equal
-`model.apply` on that text alone, whatever the batch and bucket it lands in.
+`model.apply` on that text alone, whatever the batch and bucket it lands in. Classifiers and
+encoders can instead run packed batches (`bertjax.serve.row_packing`: several inputs per token
+row, attention kept within each): `compile(shapes, examples=E)` and `run(rows, plan)`.
 
 Outputs of a row: `logits` (classification runs), `pooled` (the pooler's tanh output, when the
 module has one), `cls` (the last hidden state at [CLS]) and `mean` (the mean of the last hidden
@@ -26,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bertjax.data.glue import truncate_pair_lengths
+from bertjax.serve.row_packing import PackPlan
 
 PROBLEM_TYPES = ("single_label", "multi_label", "regression")
 
@@ -118,6 +121,8 @@ class EncoderBackend:
         self.problem_type = problem_type if self.has_classifier else None
         self.label_names = list(label_names) if self.has_classifier and label_names else None
         self.has_pooler = model_config.head in ("encoder", "pretraining", "classification")
+        # One output vector per input (no per-token outputs): inputs may share token rows.
+        self.can_pack_rows = model_config.head in ("encoder", "classification")
         self.name = name
         self.task = task
         self.manifest = manifest
@@ -189,46 +194,100 @@ class EncoderBackend:
                 result[key] = out[key].astype(jnp.float32)
         return result
 
-    def compile(self, shapes: Sequence[tuple[int, int]], *, workers: int | None = None) -> None:
+    def _forward_packed(self, params: Any, input_ids: jax.Array, token_type_ids: jax.Array,
+                        segment_ids: jax.Array, positions: jax.Array, cls_index: jax.Array,
+                        example_of_token: jax.Array) -> dict[str, jax.Array]:  # fmt: skip
+        """`_forward` on packed rows: outputs per input ([E, ...]), read at `cls_index` and
+        averaged over each input's tokens (`example_of_token`; E marks padding)."""
+        batch = {
+            "input_ids": input_ids,
+            "token_type_ids": token_type_ids,
+            "segment_ids": segment_ids,
+            "positions": positions,
+            "cls_index": cls_index,
+        }
+        out = self.module.apply({"params": params}, batch, train=False)
+        hidden = out["hidden_states"].astype(jnp.float32)
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        examples = cls_index.shape[0]
+        owner = example_of_token.reshape(-1)
+        sums = jax.ops.segment_sum(flat, owner, num_segments=examples + 1)[:examples]
+        counts = jax.ops.segment_sum(jnp.ones_like(owner, jnp.float32), owner, examples + 1)
+        result = {
+            "cls": jnp.take(flat, cls_index, axis=0),
+            "mean": sums / jnp.maximum(counts[:examples, None], 1.0),
+        }
+        if "pooled" in out:
+            result["pooled"] = out["pooled"].astype(jnp.float32)
+        if "logits" in out:
+            result["logits"] = out["logits"].astype(jnp.float32)
+        return result
+
+    def compile(
+        self,
+        shapes: Sequence[tuple[int, int]],
+        *,
+        examples: int | None = None,
+        workers: int | None = None,
+    ) -> None:
         """Compiles the forward pass for each (batch, length) ahead of time, `workers` at once
         (default: one per CPU core, up to 4; XLA compiles without holding the GIL). jax's
-        persistent compilation cache, when configured, serves the shapes it has seen before."""
-        jitted = jax.jit(self._forward)
+        persistent compilation cache, when configured, serves the shapes it has seen before.
+
+        examples: None = padded rows (one input per row); E = packed (rows, length) shapes
+        holding up to E inputs (`can_pack_rows` runs only)."""
+        if examples is not None and not self.can_pack_rows:
+            raise ValueError(f"a {self.model_config.head!r} head has per-token outputs: not packed")
+        forward = self._forward if examples is None else self._forward_packed
+        jitted = jax.jit(forward)
         params_spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), self.params)
 
-        def compile_one(shape: tuple[int, int]) -> Any:
-            ids = jax.ShapeDtypeStruct(shape, jnp.int32)
-            return jitted.lower(params_spec, ids, ids, ids).compile()
+        def compile_one(key: tuple[int, ...]) -> Any:
+            ids = jax.ShapeDtypeStruct(key[:2], jnp.int32)
+            if examples is None:
+                return jitted.lower(params_spec, ids, ids, ids).compile()
+            cls_index = jax.ShapeDtypeStruct((examples,), jnp.int32)
+            return jitted.lower(params_spec, ids, ids, ids, ids, cls_index, ids).compile()
 
+        suffix = () if examples is None else (examples,)
         with self._compile_lock:
-            todo = [s for s in dict.fromkeys(map(tuple, shapes)) if s not in self._compiled]
+            keys = [(*map(int, s), *suffix) for s in shapes]
+            todo = [k for k in dict.fromkeys(keys) if k not in self._compiled]
             workers = workers or min(4, os.cpu_count() or 1)
             with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-                for shape, compiled in zip(todo, pool.map(compile_one, todo), strict=True):
-                    self._compiled[shape] = compiled
+                for key, compiled in zip(todo, pool.map(compile_one, todo), strict=True):
+                    self._compiled[key] = compiled
 
-    def warm_up(self, shapes: Sequence[tuple[int, int]]) -> None:
-        """Runs each compiled (batch, length) once on [CLS] [SEP] rows."""
+    def warm_up(self, shapes: Sequence[tuple[int, int]], *, examples: int | None = None) -> None:
+        """Runs each compiled (batch, length) once on [CLS] [SEP] rows (packed: one per row)."""
         row = Row(
             np.array([self.tokenizer.cls_id, self.tokenizer.sep_id], np.int32),
             np.zeros(2, np.int32),
         )
         for batch_size, length in shapes:
-            self.run([row] * batch_size, (batch_size, length))
+            if examples is None:
+                self.run([row] * batch_size, (batch_size, length))
+            else:
+                placement = np.arange(batch_size)
+                plan = PackPlan((batch_size, length), placement, 0 * placement, examples)
+                self.run([row] * batch_size, plan)
 
     @property
-    def compiled_shapes(self) -> list[tuple[int, int]]:
+    def compiled_shapes(self) -> list[tuple[int, ...]]:
+        """(batch, length) of each padded function, (rows, length, inputs) of each packed one."""
         return sorted(self._compiled)
 
-    def run(self, rows: Sequence[Row], bucket: tuple[int, int]) -> list[dict[str, np.ndarray]]:
-        """Each row's outputs, the rows padded to `bucket` (which must have been compiled)."""
+    def run(
+        self, rows: Sequence[Row], bucket: tuple[int, int] | PackPlan
+    ) -> list[dict[str, np.ndarray]]:
+        """Each row's outputs, the rows padded to `bucket` or packed as `plan` says (which must
+        have been compiled)."""
+        if isinstance(bucket, PackPlan):
+            return self._run_packed(rows, bucket)
         batch_size, length = bucket
         if len(rows) > batch_size or any(len(r) > length for r in rows):
             raise ValueError(f"{len(rows)} rows do not fit the bucket {bucket}")
-        compiled = self._compiled.get(bucket)
-        if compiled is None:
-            # Never compile on the request path: a missing bucket is a bug in the grid.
-            raise RuntimeError(f"bucket {bucket} was not compiled at start-up")
+        compiled = self._compiled_for(tuple(bucket))
         input_ids = np.full((batch_size, length), self.tokenizer.pad_id, np.int32)
         token_type_ids = np.zeros((batch_size, length), np.int32)
         attention_mask = np.zeros((batch_size, length), np.int32)
@@ -241,6 +300,44 @@ class EncoderBackend:
         attention_mask[len(rows) :, 0] = 1
         outputs = jax.device_get(compiled(self.params, input_ids, token_type_ids, attention_mask))
         return [{k: np.asarray(v[i]) for k, v in outputs.items()} for i in range(len(rows))]
+
+    def _run_packed(self, rows: Sequence[Row], plan: PackPlan) -> list[dict[str, np.ndarray]]:
+        num_rows, length = plan.bucket
+        if len(rows) != len(plan.row) or len(rows) > plan.examples:
+            raise ValueError(f"{len(rows)} rows for a plan of {len(plan.row)} inputs")
+        compiled = self._compiled_for((num_rows, length, plan.examples))
+        input_ids = np.full((num_rows, length), self.tokenizer.pad_id, np.int32)
+        token_type_ids = np.zeros((num_rows, length), np.int32)
+        segment_ids = np.zeros((num_rows, length), np.int32)  # 0: padding, attends only padding
+        positions = np.zeros((num_rows, length), np.int32)
+        owner = np.full((num_rows, length), plan.examples, np.int32)  # E: no input's token
+        cls_index = np.zeros(plan.examples, np.int32)  # unused inputs read token 0, discarded
+        for i, (row, r, start) in enumerate(zip(rows, plan.row, plan.start, strict=True)):
+            if row.attention_mask is not None:
+                raise ValueError("rows with padding of their own (QA windows) are not packed")
+            n, span = len(row), slice(start, start + len(row))
+            if r >= num_rows or start + n > length:
+                raise ValueError(f"input {i} ({n} tokens) does not fit row {r} at {start}")
+            input_ids[r, span] = row.input_ids
+            token_type_ids[r, span] = row.token_type_ids
+            segment_ids[r, span] = i + 1
+            positions[r, span] = np.arange(n)
+            owner[r, span] = i
+            cls_index[i] = r * length + start
+        outputs = jax.device_get(
+            compiled(
+                self.params, input_ids, token_type_ids, segment_ids, positions, cls_index, owner
+            )  # fmt: skip
+        )
+        return [{k: np.asarray(v[i]) for k, v in outputs.items()} for i in range(len(rows))]
+
+    def _compiled_for(self, key: tuple[int, ...]) -> Any:
+        compiled = self._compiled.get(key)
+        if compiled is None:
+            # Never compile on the request path: a missing bucket is a bug in the grid.
+            shape = key[:2] if len(key) == 2 else f"{key[:2]} packed for {key[2]} inputs"
+            raise RuntimeError(f"bucket {shape} was not compiled at start-up")
+        return compiled
 
     # -- description ----------------------------------------------------------------------------
 

@@ -1,11 +1,12 @@
 """Dynamic batching: rows of concurrent requests packed under a token budget, one model thread.
 
 Request handlers `submit` their rows and await the results. One asyncio task (the collector)
-takes the oldest queued row and, oldest first, the queued rows no longer than its length
-bucket while they fit the `BucketGrid` (at most `max_batch_size` rows and rows x length bucket
-<= `max_batch_tokens`), optionally waiting up to `max_wait_ms` from the oldest row's arrival
-for more, and hands the batch to a single worker thread that runs the compiled function of the
-batch's bucket. While that thread computes, new rows queue up and
+asks the grid which queued rows form the next batch (`BucketGrid.select`: the oldest row and
+the rows no longer than its length bucket, padded to a (batch, length) bucket;
+`PackedGrid.select`: the oldest rows that one packed shape holds), optionally waiting up to
+`max_wait_ms` from the oldest row's arrival for more, and hands the batch and its bucket or
+packing plan to a single worker thread that runs the compiled function of that shape. While
+that thread computes, new rows queue up and
 form the next batch: under load batches grow by themselves, and an idle server runs a lone
 request at once. Rows whose request has gone (client disconnected, timed out) are dropped before
 their batch is formed.
@@ -23,6 +24,7 @@ from typing import Any
 
 from bertjax.serve.backend import Row
 from bertjax.serve.buckets import BucketGrid
+from bertjax.serve.row_packing import PackedGrid, PackPlan
 
 
 @dataclasses.dataclass
@@ -51,20 +53,26 @@ class _Pending:
     arrived: float
 
 
+def _bucket(plan: Any) -> tuple[int, int]:
+    """The (rows, length) a batch ran at: a padded bucket, or a packed plan's."""
+    return plan.bucket if isinstance(plan, PackPlan) else plan
+
+
 class Batcher:
     """Packs rows of concurrent requests into bucketed batches run by one worker thread.
 
     Args:
-      run_fn: (rows, bucket) -> per-row outputs; runs on the worker thread (a backend's `run`).
-      grid: the buckets; every batch formed fits it.
+      run_fn: (rows, bucket or plan) -> per-row outputs; runs on the worker thread (a
+        backend's `run`).
+      grid: the padded buckets or the packed shapes; every batch formed fits it.
       max_wait_ms: how long a batch that is not full may wait for more rows (0: run at once).
       on_batch: called on the event loop after each batch (metrics).
     """
 
     def __init__(
         self,
-        run_fn: Callable[[Sequence[Row], tuple[int, int]], list[dict[str, Any]]],
-        grid: BucketGrid,
+        run_fn: Callable[[Sequence[Row], Any], list[dict[str, Any]]],
+        grid: BucketGrid | PackedGrid,
         *,
         max_wait_ms: float = 0.0,
         on_batch: Callable[[BatchStats], None] | None = None,
@@ -113,7 +121,7 @@ class Batcher:
         if self._closing or self._task is None:
             raise RuntimeError("the batcher is not running")
         for row in rows:
-            if not self.grid.fits(1, len(row)):
+            if not self.grid.fits_one(len(row)):
                 raise ValueError(f"a row of {len(row)} tokens exceeds the largest bucket")
         loop = asyncio.get_running_loop()
         now = time.perf_counter()
@@ -131,39 +139,25 @@ class Batcher:
         while self._pending and self._pending[0].future.done():
             self._pending.popleft()
 
-    def _take_batch(self) -> list[_Pending]:
-        """The oldest queued row, plus the next queued rows (oldest first) that fit its length
-        bucket, up to the grid's limits.
+    def _live(self) -> list[_Pending]:
+        """The queued rows whose request is still waiting, oldest first."""
+        self._pending = collections.deque(p for p in self._pending if not p.future.done())
+        return list(self._pending)
 
-        Rows longer than the oldest row's bucket wait for a batch of their own (they are soon
-        the oldest), so a batch is padded to at most one bucket above its rows: with first-in
-        first-out batches one long row would pad every short row of its batch to its length.
-        """
-        self._drop_gone()
-        if not self._pending:
-            return []
-        bucket = self.grid.length_bucket(len(self._pending[0].row))
-        batch: list[_Pending] = []
-        kept: collections.deque[_Pending] = collections.deque()
-        while self._pending:
-            item = self._pending.popleft()
-            if item.future.done():  # cancelled: its request has gone
-                continue
-            if len(item.row) <= bucket and self.grid.fits(len(batch) + 1, bucket):
-                batch.append(item)
-            else:
-                kept.append(item)
-        self._pending = kept
-        return batch
+    def _take_batch(self) -> tuple[list[_Pending], Any]:
+        """The next batch, as the grid selects it from the queue, and its bucket or plan."""
+        live = self._live()
+        if not live:
+            return [], None
+        chosen, plan = self.grid.select([len(p.row) for p in live])
+        taken = set(chosen)
+        self._pending = collections.deque(p for i, p in enumerate(live) if i not in taken)
+        return [live[i] for i in chosen], plan
 
     def _is_full(self) -> bool:
         """Whether the queued rows already fill the next batch (no point waiting for more)."""
-        self._drop_gone()
-        if not self._pending:
-            return False
-        bucket = self.grid.length_bucket(len(self._pending[0].row))
-        rows = sum(1 for p in self._pending if not p.future.done() and len(p.row) <= bucket)
-        return rows >= self.grid.max_batch_size or not self.grid.fits(rows + 1, bucket)
+        live = self._live()
+        return bool(live) and self.grid.is_full([len(p.row) for p in live])
 
     async def _collect(self) -> None:
         loop = asyncio.get_running_loop()
@@ -183,14 +177,13 @@ class Batcher:
                         await asyncio.wait_for(self._wakeup.wait(), remaining)
                     except TimeoutError:
                         break
-            batch = self._take_batch()
+            batch, plan = self._take_batch()
             if not batch:
                 continue
-            bucket = self.grid.bucket_for(len(batch), max(len(p.row) for p in batch))
             started = time.perf_counter()
             try:
                 outputs = await loop.run_in_executor(
-                    self._worker, self._run_fn, [p.row for p in batch], bucket
+                    self._worker, self._run_fn, [p.row for p in batch], plan
                 )
             except Exception as e:  # noqa: BLE001 - the error goes to every request of the batch
                 for p in batch:
@@ -203,5 +196,7 @@ class Batcher:
                     p.future.set_result(RowResult(out, started - p.arrived, inference_s))
             if self._on_batch is not None:
                 self._on_batch(
-                    BatchStats(len(batch), sum(len(p.row) for p in batch), bucket, inference_s)
+                    BatchStats(
+                        len(batch), sum(len(p.row) for p in batch), _bucket(plan), inference_s
+                    )
                 )

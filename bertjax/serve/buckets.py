@@ -11,6 +11,7 @@ forms a batch outside it, so no request waits for a compilation.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 
 def _doubling(start: int, stop: int) -> list[int]:
@@ -110,8 +111,35 @@ class BucketGrid:
                     shapes.append((batch, length))
         return shapes
 
+    def select(self, lengths: Sequence[int]) -> tuple[list[int], tuple[int, int]]:
+        """The queued rows (by index, oldest first) of the next batch and its bucket: the
+        oldest row, plus the next rows no longer than its length bucket while they fit.
+
+        Rows longer than the oldest row's bucket wait for a batch of their own (they are soon
+        the oldest), so a batch is padded to at most one bucket above its rows: with first-in
+        first-out batches one long row would pad every short row of its batch to its length.
+        `lengths` is not empty.
+        """
+        bucket = self.length_bucket(lengths[0])
+        chosen: list[int] = []
+        for i, length in enumerate(lengths):
+            if length <= bucket and self.fits(len(chosen) + 1, bucket):
+                chosen.append(i)
+        return chosen, self.bucket_for(len(chosen), max(lengths[i] for i in chosen))
+
+    def is_full(self, lengths: Sequence[int]) -> bool:
+        """Whether the queued rows already fill the next batch (no point waiting for more)."""
+        bucket = self.length_bucket(lengths[0])
+        rows = sum(1 for length in lengths if length <= bucket)
+        return rows >= self.max_batch_size or not self.fits(rows + 1, bucket)
+
+    def fits_one(self, length: int) -> bool:
+        """Whether a row of `length` tokens can be served at all."""
+        return self.fits(1, length)
+
     def to_dict(self) -> dict:
         return {
+            "packed": False,
             "batch_sizes": list(self.batch_sizes),
             "lengths": list(self.lengths),
             "max_batch_tokens": self.max_batch_tokens,

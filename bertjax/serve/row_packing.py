@@ -1,0 +1,161 @@
+"""Packed serving batches: the rows of concurrent requests laid back to back in token rows.
+
+A padded batch (`bertjax.serve.buckets.BucketGrid`) pads every row to its length bucket and
+the row count to a doubling batch bucket: SST-2 sentences (25 tokens on average with
+[CLS]/[SEP]) in 32- and 64-token buckets spend ~1.4x their real tokens, and a batch of 9 rows
+runs as 16. For classifiers and encoders, whose outputs are one vector per input, the server
+can instead pack a batch's inputs, longest first, into as few token rows as hold them (the
+packed fine-tuning batches of `bertjax.data.example_packing`, applied to requests):
+
+    input_ids       [CLS] a a [SEP] [CLS] b [SEP] [PAD] ...
+    segment_ids       1   1 1   1     2   2   2     0
+    positions         0   1 2   3     0   1   2     0
+    cls_index       [0, 4]          (flat index row * length + column of each input's [CLS])
+
+Attention stays within a segment and positions restart at each [CLS], so each input's outputs
+equal `model.apply` on that text alone (up to float rounding). The grid of packed shapes is
+every (rows, length) with length a doubling length bucket (as the padded grid) and rows on a
+fine ladder (1..8, then steps of at most a quarter), rows x length within the token budget;
+each shape also fixes the number of inputs a batch may hold (`max_examples`: the batch-size
+limit), padded with inputs that read token 0 and are discarded. Every shape is compiled at
+start-up, so packing adds no compilation on the request path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+from bertjax.data.packing import first_fit
+from bertjax.serve.buckets import BucketGrid
+
+
+def row_ladder(limit: int) -> list[int]:
+    """Row counts 1, 2, ..., 8, 10, 12, 15, 18, ... (each step at most a quarter), then limit:
+    a batch runs at most ~25% more rows than it fills, where doubling buckets waste up to 2x."""
+    values = []
+    value = 1
+    while value < limit:
+        values.append(value)
+        value += max(1, value // 4)
+    values.append(limit)
+    return values
+
+
+@dataclasses.dataclass(frozen=True)
+class PackPlan:
+    """Where each input of a batch goes: `bucket` (rows, length) and, per input, its row and
+    first column; `examples` is the input capacity of the compiled shape (>= n)."""
+
+    bucket: tuple[int, int]
+    row: np.ndarray  # int64 [n]
+    start: np.ndarray  # int64 [n]
+    examples: int
+
+    @property
+    def size(self) -> int:
+        return int(self.bucket[0] * self.bucket[1])
+
+
+def pack(lengths: Sequence[int], length: int) -> tuple[np.ndarray, np.ndarray]:
+    """(row, start) of each input when inputs are placed longest first into the first row of
+    `length` tokens with room for them (first-fit decreasing)."""
+    lengths = np.asarray(lengths, np.int64)
+    order = np.argsort(-lengths, kind="stable")
+    placed = first_fit(
+        lengths[order], num_rows=len(lengths), max_seq_length=length,
+        max_instances_per_row=len(lengths),
+    )  # fmt: skip
+    row = np.empty(len(lengths), np.int64)
+    start = np.empty(len(lengths), np.int64)
+    row[order[placed.index]] = placed.row
+    start[order[placed.index]] = placed.offset
+    return row, start
+
+
+@dataclasses.dataclass(frozen=True)
+class PackedGrid:
+    """(rows, length) shapes of packed batches of at most `max_examples` inputs, bounded by a
+    token budget; the same interface as `BucketGrid` for the batcher (`select`, `is_full`)."""
+
+    lengths: tuple[int, ...]
+    max_rows: int
+    max_examples: int
+    max_batch_tokens: int
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        max_seq_length: int,
+        max_batch_size: int,
+        max_batch_tokens: int,
+        min_length: int = 16,
+    ) -> PackedGrid:
+        """The packed grid for a model of `max_seq_length` positions and the batching limits
+        (`max_batch_size` counts inputs; a batch has at most that many rows too)."""
+        padded = BucketGrid.build(  # validates the limits, naming them
+            max_seq_length=max_seq_length,
+            max_batch_size=max_batch_size,
+            max_batch_tokens=max_batch_tokens,
+            min_length=min_length,
+        )
+        return cls(padded.lengths, max_batch_size, max_batch_size, max_batch_tokens)
+
+    @property
+    def max_length(self) -> int:
+        return self.lengths[-1]
+
+    def rows_at(self, length: int) -> list[int]:
+        """The row counts compiled at `length`."""
+        return row_ladder(max(1, min(self.max_rows, self.max_batch_tokens // length)))
+
+    def shapes(self) -> list[tuple[int, int]]:
+        """Every (rows, length) a plan can return, smallest length first."""
+        return [(rows, length) for length in self.lengths for rows in self.rows_at(length)]
+
+    def plan(self, lengths: Sequence[int]) -> PackPlan | None:
+        """The cheapest shape (fewest token slots, then the shorter rows) that holds inputs of
+        these lengths, and where each goes; None when no shape does."""
+        if not lengths or len(lengths) > self.max_examples or max(lengths) > self.max_length:
+            return None
+        best: PackPlan | None = None
+        for length in self.lengths:
+            if length < max(lengths):
+                continue
+            row, start = pack(lengths, length)
+            needed = int(row.max()) + 1
+            ladder = [r for r in self.rows_at(length) if r >= needed]
+            if ladder and (best is None or ladder[0] * length < best.size):
+                best = PackPlan((ladder[0], length), row, start, self.max_examples)
+        return best
+
+    def select(self, lengths: Sequence[int]) -> tuple[list[int], PackPlan]:
+        """The queued inputs (by index, oldest first) of the next batch and its plan: the
+        longest prefix of the queue that one shape holds. `lengths` is not empty."""
+        count = min(len(lengths), self.max_examples)
+        while count > 1 and self.plan(lengths[:count]) is None:
+            count -= 1
+        plan = self.plan(lengths[:count])
+        if plan is None:
+            raise ValueError(f"an input of {lengths[0]} tokens exceeds the largest bucket")
+        return list(range(count)), plan
+
+    def is_full(self, lengths: Sequence[int]) -> bool:
+        """Whether the queued inputs already fill a batch (no point waiting for more)."""
+        return len(lengths) >= self.max_examples or self.plan(lengths) is None
+
+    def fits_one(self, length: int) -> bool:
+        """Whether an input of `length` tokens can be served at all."""
+        return 1 <= length <= self.max_length
+
+    def to_dict(self) -> dict:
+        return {
+            "packed": True,
+            "lengths": list(self.lengths),
+            "max_examples": self.max_examples,
+            "max_batch_tokens": self.max_batch_tokens,
+            "shapes": [list(s) for s in self.shapes()],
+        }

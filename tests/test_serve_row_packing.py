@@ -1,0 +1,142 @@
+"""Packed serving batches: the shapes, the cheapest plan, the batcher's selection, and a
+packed input's outputs equal to the model on that text alone."""
+
+import asyncio
+
+import jax
+import numpy as np
+import pytest
+from serve_util import random_text, tiny_backend
+
+from bertjax.serve.backend import Row
+from bertjax.serve.batcher import Batcher
+from bertjax.serve.row_packing import PackedGrid, PackPlan, pack, row_ladder
+
+
+def test_row_ladder_is_fine_then_steps_by_at_most_a_quarter():
+    assert row_ladder(16) == [1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 15, 16]
+    assert row_ladder(1) == [1]
+    ladder = row_ladder(200)
+    assert ladder[-1] == 200 and ladder == sorted(set(ladder))
+    assert all(b <= max(a + 1, a * 1.25) for a, b in zip(ladder, ladder[1:], strict=False))
+
+
+def _check_layout(lengths, plan):
+    rows, length = plan.bucket
+    used = np.zeros((rows, length), bool)
+    for n, r, start in zip(lengths, plan.row, plan.start, strict=True):
+        assert 0 <= r < rows and 0 <= start and start + n <= length
+        assert not used[r, start : start + n].any(), "two inputs share a token slot"
+        used[r, start : start + n] = True
+
+
+def test_every_plan_is_a_compiled_shape_the_cheapest_one_and_without_overlap():
+    grid = PackedGrid.build(max_seq_length=64, max_batch_size=16, max_batch_tokens=512)
+    shapes = set(grid.shapes())
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        lengths = [int(n) for n in rng.integers(2, 65, size=rng.integers(1, 17))]
+        plan = grid.plan(lengths)
+        if plan is None:  # only when even the largest rows cannot hold them
+            assert all(pack(lengths, n)[0].max() + 1 > grid.rows_at(n)[-1] for n in grid.lengths
+                       if n >= max(lengths))  # fmt: skip
+            continue
+        assert plan.bucket in shapes and plan.examples == 16
+        _check_layout(lengths, plan)
+        for rows, length in shapes:  # no smaller shape holds them
+            if rows * length < plan.size and length >= max(lengths):
+                assert pack(lengths, length)[0].max() + 1 > rows, (lengths, rows, length)
+
+
+def test_plan_refuses_what_no_shape_holds():
+    grid = PackedGrid.build(max_seq_length=32, max_batch_size=4, max_batch_tokens=64)
+    assert grid.shapes() == [(1, 16), (2, 16), (3, 16), (4, 16), (1, 32), (2, 32)]
+    assert grid.plan([5] * 5) is None  # more inputs than a batch holds
+    assert grid.plan([33]) is None  # longer than the longest row
+    assert grid.plan([30, 30, 30]) is None  # 3 rows of 32 exceed 64 tokens
+    assert grid.plan([30, 30]).bucket == (2, 32)
+    assert grid.plan([10, 5, 15]).bucket == (2, 16)  # 10 + 5 share a row of 16
+
+
+def test_select_takes_the_longest_prefix_that_one_shape_holds():
+    grid = PackedGrid.build(max_seq_length=32, max_batch_size=4, max_batch_tokens=64)
+    chosen, plan = grid.select([30, 30, 30, 5])
+    assert chosen == [0, 1] and plan.bucket == (2, 32)
+    assert grid.is_full([30, 30, 30]) and not grid.is_full([30, 5])
+    assert grid.select([3, 4, 5, 6, 7, 8])[0] == [0, 1, 2, 3]  # max_batch_size inputs
+    assert grid.is_full([3, 4, 5, 6])
+
+
+def _row(n: int) -> Row:
+    return Row(np.arange(n, dtype=np.int32), np.zeros(n, np.int32))
+
+
+def test_batcher_runs_packed_batches_oldest_first():
+    grid = PackedGrid.build(max_seq_length=32, max_batch_size=4, max_batch_tokens=64)
+    batches = []
+
+    def run(rows, plan):
+        assert isinstance(plan, PackPlan) and len(plan.row) == len(rows)
+        batches.append(([len(r) for r in rows], plan.bucket))
+        return [{"n": len(r)} for r in rows]
+
+    async def main():
+        batcher = Batcher(run, grid)
+        batcher.start()
+        futures = batcher.submit([_row(n) for n in (30, 5, 30, 10, 12, 3, 4)])
+        gone = batcher.submit([_row(7)])
+        gone[0].cancel()
+        results = await asyncio.gather(*futures)
+        await batcher.stop()
+        return results
+
+    results = asyncio.run(main())
+    assert [r.outputs["n"] for r in results] == [30, 5, 30, 10, 12, 3, 4]
+    # 64 tokens hold two rows of 32: 30 and 5 take both (30 + 5 > 32), so the second 30
+    # waits; then 30 with 10 + 12 + 3 beside it (four inputs, the batch limit); then the 4.
+    assert batches == [([30, 5], (2, 32)), ([30, 10, 12, 3], (2, 32)), ([4], (1, 16))]
+
+
+@pytest.fixture(scope="module")
+def backend():
+    return tiny_backend(num_labels=3, max_seq_length=64)
+
+
+def _alone(backend, row):
+    batch = {"input_ids": row.input_ids[None], "token_type_ids": row.token_type_ids[None]}
+    out = jax.jit(backend.module.apply)({"params": backend.params}, batch)
+    hidden = np.asarray(out["hidden_states"][0])
+    return {
+        "logits": np.asarray(out["logits"][0]),
+        "pooled": np.asarray(out["pooled"][0]),
+        "cls": hidden[0],
+        "mean": hidden.mean(axis=0),
+    }
+
+
+def test_packed_outputs_equal_model_apply_on_each_text_alone(backend):
+    grid = PackedGrid.build(max_seq_length=64, max_batch_size=8, max_batch_tokens=256)
+    rng = np.random.default_rng(3)
+    texts = [random_text(rng, 14) for _ in range(8)]
+    pairs = [None, random_text(rng, 8), None, None, random_text(rng, 4), None, None, None]
+    rows = backend.featurize(texts, pairs, truncate=False)
+    plans = [grid.plan([len(r) for r in rows[:k]]) for k in (1, 3, 8)]
+    assert len({p.bucket for p in plans}) == 3 and max(p.bucket[0] for p in plans) > 1
+    assert any(np.bincount(p.row).max() > 1 for p in plans), "some row should hold two inputs"
+    backend.compile([p.bucket for p in plans], examples=8)
+    expected = [_alone(backend, r) for r in rows]
+    for k, plan in zip((1, 3, 8), plans, strict=True):
+        for got, want in zip(backend.run(rows[:k], plan), expected[:k], strict=True):
+            for key in want:
+                np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def test_packed_runs_refuse_uncompiled_shapes_and_rows_with_their_own_padding(backend):
+    rows = backend.featurize(["the movie"], truncate=False)
+    plan = PackPlan((3, 16), np.array([0]), np.array([0]), 5)
+    with pytest.raises(RuntimeError, match=r"bucket \(3, 16\) packed for 5 inputs was not"):
+        backend.run(rows, plan)
+    backend.compile([(3, 16)], examples=5)
+    padded = Row(rows[0].input_ids, rows[0].token_type_ids, np.ones(len(rows[0]), np.int32))
+    with pytest.raises(ValueError, match="not packed"):
+        backend.run([padded], plan)

@@ -267,6 +267,17 @@ def test_best_metric_defaults_per_problem_type_and_can_be_chosen(tmp_path):
     assert classify.best_metric(no_dev) is None
 
 
+def test_auto_problem_type_is_logged_once_per_run(tmp_path, caplog):
+    """build_data logs how "auto" resolved; best_metric, later in the same run, reads the
+    labels again without logging it a second time."""
+    config = _config(tmp_path, "review,sentiment\na,pos\nb,neg\n")
+    with caplog.at_level("INFO"):
+        classify.labels_of(config)  # what build_data does first
+        classify.best_metric(config)
+    logged = [r for r in caplog.records if "problem_type auto" in r.getMessage()]
+    assert len(logged) == 1 and "single_label" in logged[0].getMessage()
+
+
 def test_losses_per_problem_type_over_real_rows():
     import jax.numpy as jnp
     import optax

@@ -60,13 +60,14 @@ def read_table(config: ml_collections.ConfigDict, key: str) -> records.Table:
     return _read(path, config.data.format, config.data.bad_rows, mtime)
 
 
-def labels_of(config: ml_collections.ConfigDict) -> tuple[str, list[str] | None]:
-    """(problem type, label names) from the training file; "auto" resolved and logged."""
+def labels_of(config: ml_collections.ConfigDict, log: bool = True) -> tuple[str, list[str] | None]:
+    """(problem type, label names) from the training file; "auto" resolved (and logged, unless
+    `log` is False: a second look at the same file)."""
     table = read_table(config, "train_file")
     problem, names = records.training_labels(
         table, _columns(config), config.data.problem_type, config.data.label_separator
     )
-    if config.data.problem_type == "auto":
+    if log and config.data.problem_type == "auto":
         logging.info("problem_type auto -> %s (from the labels of %s)", problem, table.path)
     return problem, names
 
@@ -207,7 +208,8 @@ def best_metric(config: ml_collections.ConfigDict) -> tuple[str, str] | None:
     the problem type's default on the validation set; None without a validation file."""
     if not config.data.validation_file:
         return None
-    problem = "" if config.get("best_metric", "") else labels_of(config)[0]
+    # build_data has logged how "auto" resolved; this only needs the problem type again.
+    problem = "" if config.get("best_metric", "") else labels_of(config, log=False)[0]
     return _best(config, problem)
 
 

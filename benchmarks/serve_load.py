@@ -68,6 +68,11 @@ class Recorder:
         self.statuses: collections.Counter = collections.Counter()
         self.error_latencies: dict[int, list[float]] = collections.defaultdict(list)
 
+    @property
+    def count(self) -> int:
+        """Responses of any status (at least 1, to divide by)."""
+        return max(1, sum(self.statuses.values()))
+
     def add(self, status: int, latency: float) -> None:
         self.statuses[status] += 1
         if 200 <= status < 300:
@@ -135,9 +140,25 @@ def summarise(rec: Recorder, elapsed: float) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) each group of a process's threads has used so far, by
+    thread name with digits dropped ("python", "bertjax-model_", "asyncio_", XLA's pools...).
+
+    On a shared machine CPU time per request is a steadier figure than requests per second:
+    it counts what a request costs, not what share of the cores the process got."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: collections.Counter = collections.Counter()
+    for task in pathlib.Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            name = re.sub(r"\d+$", "", (task / "comm").read_text().strip())
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            out[name] += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return dict(out)
+
+
 @contextlib.contextmanager
 def server_process(name: str, cmd: list[str], env: dict, log_dir: pathlib.Path):
-    """Starts a server on port 0, yields its URL once /health is 200, always stops it."""
+    """Starts a server on port 0, yields (URL, pid) once /health is 200, always stops it."""
     log_path = log_dir / f"{name}.log"
     log = open(log_path, "w")  # noqa: SIM115 - closed in finally
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
@@ -155,7 +176,7 @@ def server_process(name: str, cmd: list[str], env: dict, log_dir: pathlib.Path):
             time.sleep(0.2)
         else:
             raise RuntimeError(f"{name} did not start; see {log_path}:\n{log_path.read_text()}")
-        yield url
+        yield url, proc.pid
     finally:
         proc.terminate()
         try:
@@ -237,9 +258,9 @@ def compare(args, texts: list[str], log_dir: pathlib.Path) -> None:
             "--port=0",
         ]
     with contextlib.ExitStack() as stack:
-        urls = {}
+        urls, pids = {}, {}
         for name, cmd in contenders.items():
-            urls[name] = stack.enter_context(server_process(name, cmd, env, log_dir))
+            urls[name], pids[name] = stack.enter_context(server_process(name, cmd, env, log_dir))
             print(f"# {name} ready at {urls[name]}", flush=True)
         check_agreement(urls, texts[:32])
         results: dict[tuple[str, str], list[dict]] = collections.defaultdict(list)
@@ -247,10 +268,18 @@ def compare(args, texts: list[str], log_dir: pathlib.Path) -> None:
             for name, url in urls.items():
                 asyncio.run(fixed_concurrency(url, texts, 4, 1.0))  # warm connections
                 before = read_metrics(url) if name.startswith("bertjax") else {}
+                cpu_before, client_before = thread_cpu_seconds(pids[name]), time.process_time()
                 rec, elapsed = asyncio.run(
                     fixed_concurrency(url, texts, args.concurrency, args.seconds)
                 )
                 row = summarise(rec, elapsed)
+                row["client_cpu_ms"] = (time.process_time() - client_before) * 1e3 / rec.count
+                cpu_after = thread_cpu_seconds(pids[name])
+                row["server_cpu_ms"] = {  # per answered request, by thread group
+                    k: round((v - cpu_before.get(k, 0.0)) * 1e3 / rec.count, 2)
+                    for k, v in sorted(cpu_after.items())
+                    if v > cpu_before.get(k, 0.0)
+                }
                 if before:
                     after = read_metrics(url)
                     row["counter_delta"] = after["predict_200"] - before["predict_200"]
@@ -289,8 +318,11 @@ def check_agreement(urls: dict[str, str], texts: list[str]) -> None:
 
 
 def print_table(results: dict) -> None:
-    print("\n| server | load | req/s | p50 ms | p90 ms | p99 ms | responses | mean batch |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "\n| server | load | req/s | p50 ms | p90 ms | p99 ms | responses | mean batch "
+        "| server CPU ms/req | client CPU ms/req |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for (name, load), rows in results.items():
         med = {
             k: statistics.median(r[k] for r in rows)
@@ -303,9 +335,16 @@ def print_table(results: dict) -> None:
             statistics.median(r["mean_batch"] for r in rows) if "mean_batch" in rows[0] else None
         )
         batch_text = "" if batch is None else f"{batch:.2f}"
+        cpu = ["", ""]
+        if "server_cpu_ms" in rows[0]:
+            cpu = [
+                f"{statistics.median(sum(r['server_cpu_ms'].values()) for r in rows):.1f}",
+                f"{statistics.median(r['client_cpu_ms'] for r in rows):.1f}",
+            ]
         print(
             f"| {name} | {load} | {med['req_s']:.1f} | {med['p50_ms']:.1f} | "
-            f"{med['p90_ms']:.1f} | {med['p99_ms']:.1f} | {dict(statuses)} | {batch_text} |"
+            f"{med['p90_ms']:.1f} | {med['p99_ms']:.1f} | {dict(statuses)} | {batch_text} "
+            f"| {cpu[0]} | {cpu[1]} |"
         )
 
     def medians(server: str) -> dict[str, float]:
@@ -335,7 +374,7 @@ def overload(args, texts: list[str], log_dir: pathlib.Path) -> None:
         f"--max_batch_tokens={args.max_batch_tokens}",
         f"--max_concurrent_requests={n}",
     )
-    with server_process("bertjax-overload", cmd, env, log_dir) as url:
+    with server_process("bertjax-overload", cmd, env, log_dir) as (url, _):
         rec, elapsed = asyncio.run(fixed_concurrency(url, texts, 2 * n, args.seconds))
         stopped = time.perf_counter()
         while httpx.get(f"{url}/health", timeout=5).status_code != 200:

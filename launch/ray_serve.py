@@ -34,12 +34,14 @@ def build_application(
     autoscaling: dict[str, Any] | None = None,
     ray_actor_options: dict[str, Any] | None = None,
     checkpoint: str = "",
+    backend_options: dict[str, Any] | None = None,
 ) -> Any:
     """The Ray Serve application of a run directory (bind-ready; pass it to `serve.run`).
 
     settings: `bertjax.serve.app.ServerSettings` fields. autoscaling: Ray Serve's
     autoscaling_config (replaces num_replicas), e.g. {"min_replicas": 1, "max_replicas": 4,
-    "target_ongoing_requests": 64}.
+    "target_ongoing_requests": 64}. backend_options: `bertjax.serve.loading.load_backend`'s
+    keyword arguments (dtype, a GPT run's max_new_tokens / max_prompt_tokens).
     """
     from ray import serve
 
@@ -52,9 +54,8 @@ def build_application(
         from bertjax.serve.app import create_app
         from bertjax.serve.loading import load_backend
 
-        return create_app(
-            load_backend(workdir, checkpoint), server_settings, ready_before_serving=True
-        )
+        backend = load_backend(workdir, checkpoint, **(backend_options or {}))
+        return create_app(backend, server_settings, ready_before_serving=True)
 
     @serve.ingress(build_asgi_app)
     class BertjaxReplica:
@@ -73,7 +74,9 @@ def build_application(
     return serve.deployment(**options)(BertjaxReplica).bind()
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The launcher's flags: Ray's, then every `ServerSettings` field and the backend's
+    options under the names `python -m bertjax.serve` gives them."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--workdir", required=True)
     p.add_argument("--checkpoint", default="")
@@ -87,14 +90,27 @@ def main() -> None:
     p.add_argument("--target_ongoing_requests", type=float, default=64)
     p.add_argument("--cpus_per_replica", type=float, default=1)
     p.add_argument("--gpus_per_replica", type=float, default=0)
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"])
+    p.add_argument("--max_new_tokens_limit", type=int, default=256, help="GPT runs.")
+    p.add_argument("--max_prompt_tokens", type=int, default=None, help="GPT runs.")
     from bertjax.serve.app import ServerSettings
 
     for field in dataclasses.fields(ServerSettings):
-        p.add_argument(f"--{field.name}", type=type(field.default), default=field.default)
-    args = p.parse_args()
+        if isinstance(field.default, bool):  # type=bool would read "--x=False" as True
+            p.add_argument(
+                f"--{field.name}", action=argparse.BooleanOptionalAction, default=field.default
+            )
+        else:
+            p.add_argument(f"--{field.name}", type=type(field.default), default=field.default)
+    return p.parse_args(argv)
 
+
+def main() -> None:
+    args = parse_args()
     import ray
     from ray import serve
+
+    from bertjax.serve.app import ServerSettings
 
     ray.init(address=args.address)
     serve.start(http_options={"host": args.host, "port": args.port})
@@ -113,6 +129,11 @@ def main() -> None:
         autoscaling=autoscaling,
         ray_actor_options={"num_cpus": args.cpus_per_replica, "num_gpus": args.gpus_per_replica},
         checkpoint=args.checkpoint,
+        backend_options={
+            "dtype": args.dtype,
+            "max_new_tokens": args.max_new_tokens_limit,
+            "max_prompt_tokens": args.max_prompt_tokens,
+        },
     )
     serve.run(app, name="bertjax", route_prefix="/")
     print(f"serving {args.workdir} on http://{args.host}:{args.port} (Ctrl-C to stop)")

@@ -3,6 +3,7 @@ compilation cache filled, 429 at once beyond --max_concurrent_requests, SIGTERM 
 in flight and exits cleanly."""
 
 import concurrent.futures
+import importlib.util
 import os
 import re
 import signal
@@ -155,3 +156,19 @@ def test_the_package_does_not_import_ray():
     )
     env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120, cwd=REPO)
+
+
+def test_ray_launcher_flags_match_the_server_cli():
+    """launch/ray_serve.py takes every ServerSettings field (booleans as --x / --no-x, not
+    type=bool, which reads "False" as true) and the GPT generation limits; parsing needs no
+    Ray."""
+    spec = importlib.util.spec_from_file_location(
+        "ray_serve_launcher", os.path.join(REPO, "launch", "ray_serve.py")
+    )
+    launcher = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(launcher)
+    args = launcher.parse_args(["--workdir=w", "--no-pack_rows", "--max_batch_size=8",
+                                "--max_new_tokens_limit=64", "--max_prompt_tokens=32"])  # fmt: skip
+    assert args.pack_rows is False and args.max_batch_size == 8
+    assert (args.max_new_tokens_limit, args.max_prompt_tokens) == (64, 32)
+    assert launcher.parse_args(["--workdir=w"]).pack_rows is True

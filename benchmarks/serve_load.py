@@ -81,17 +81,25 @@ class Recorder:
             self.error_latencies[status].append(latency)
 
 
-async def _post(client: httpx.AsyncClient, text: str, rec: Recorder, start: float) -> None:
+async def _post(client: httpx.AsyncClient, text: str, rec: Recorder, start: float) -> float:
+    """Sends one request and records it; returns the Retry-After of a 429 (0 otherwise)."""
+    retry_after = 0.0
     try:
         r = await client.post("/v1/predict", json={"inputs": text, "truncate": True})
         status = r.status_code
+        if status == 429:
+            retry_after = float(r.headers.get("retry-after", 0))
     except httpx.HTTPError:
         status = 0  # connection error / timeout
     rec.add(status, time.perf_counter() - start)
+    return retry_after
 
 
-async def fixed_concurrency(url: str, texts: list[str], clients: int, seconds: float) -> tuple:
-    """`clients` closed-loop clients for `seconds`; returns (Recorder, elapsed)."""
+async def fixed_concurrency(
+    url: str, texts: list[str], clients: int, seconds: float, honour_retry_after: bool = False
+) -> tuple:
+    """`clients` closed-loop clients for `seconds`; returns (Recorder, elapsed). A client that
+    gets a 429 retries at once, or after the Retry-After it was given (`honour_retry_after`)."""
     rec = Recorder()
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
@@ -102,7 +110,9 @@ async def fixed_concurrency(url: str, texts: list[str], clients: int, seconds: f
         async def worker() -> None:
             while time.perf_counter() < stop:
                 i = next(counter)
-                await _post(client, texts[i % len(texts)], rec, time.perf_counter())
+                wait = await _post(client, texts[i % len(texts)], rec, time.perf_counter())
+                if honour_retry_after and wait:
+                    await asyncio.sleep(min(wait, stop - time.perf_counter()))
 
         await asyncio.gather(*(worker() for _ in range(clients)))
         return rec, time.perf_counter() - start
@@ -374,24 +384,33 @@ def overload(args, texts: list[str], log_dir: pathlib.Path) -> None:
         f"--max_batch_tokens={args.max_batch_tokens}",
         f"--max_concurrent_requests={n}",
     )
+    print(f"# --max_concurrent_requests={n}, {2 * n} clients for {args.seconds:g}s each")
     with server_process("bertjax-overload", cmd, env, log_dir) as (url, _):
-        rec, elapsed = asyncio.run(fixed_concurrency(url, texts, 2 * n, args.seconds))
-        stopped = time.perf_counter()
-        while httpx.get(f"{url}/health", timeout=5).status_code != 200:
-            time.sleep(0.01)
-        recovered_ms = (time.perf_counter() - stopped) * 1e3
-    row = summarise(rec, elapsed)
-    lat429 = np.array(rec.error_latencies.get(429, [np.nan])) * 1e3
-    print(f"# --max_concurrent_requests={n}, {2 * n} clients for {args.seconds:g}s")
-    print(f"responses: {row['statuses']}; 2xx req/s {row['req_s']:.1f}, p99 {row['p99_ms']:.1f} ms")
-    print(
-        f"429 latency: p50 {np.percentile(lat429, 50):.1f} ms, p99 "
-        f"{np.percentile(lat429, 99):.1f} ms, max {np.max(lat429):.1f} ms"
-    )
-    print(
-        f"5xx: {sum(v for k, v in rec.statuses.items() if k >= 500 or k == 0)}; "
-        f"/health 200 {recovered_ms:.0f} ms after the load stopped"
-    )
+        # Clients that retry a 429 at once (a flood: the worst case), then clients that wait
+        # the Retry-After they are given, as well-behaved HTTP clients do.
+        for honour, behaviour in ((False, "retry at once"), (True, "honour Retry-After")):
+            rec, elapsed = asyncio.run(
+                fixed_concurrency(url, texts, 2 * n, args.seconds, honour_retry_after=honour)
+            )
+            stopped = time.perf_counter()
+            while httpx.get(f"{url}/health", timeout=5).status_code != 200:
+                time.sleep(0.01)
+            recovered_ms = (time.perf_counter() - stopped) * 1e3
+            row = summarise(rec, elapsed)
+            lat429 = np.array(rec.error_latencies.get(429, [np.nan])) * 1e3
+            print(f"## clients {behaviour}")
+            print(
+                f"responses: {row['statuses']}; 2xx req/s {row['req_s']:.1f}, "
+                f"p99 {row['p99_ms']:.1f} ms"
+            )
+            print(
+                f"429 latency: p50 {np.percentile(lat429, 50):.1f} ms, p99 "
+                f"{np.percentile(lat429, 99):.1f} ms, max {np.max(lat429):.1f} ms"
+            )
+            print(
+                f"5xx: {sum(v for k, v in rec.statuses.items() if k >= 500 or k == 0)}; "
+                f"/health 200 {recovered_ms:.0f} ms after the load stopped"
+            )
 
 
 def main() -> None:

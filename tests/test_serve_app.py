@@ -64,7 +64,7 @@ def test_predict_shapes_scores_and_exact_logits(server):
     assert len(top) == 1 and len(top[0]) == 1
 
 
-def test_padded_batches_answer_as_the_packed_ones():
+def test_padded_batches_equal_the_model_on_each_text_alone():
     """--no-pack_rows: one padded row per input, at (batch, length) buckets."""
     backend = tiny_backend(num_labels=3, max_seq_length=32)
     app = create_app(backend, small_settings(**SETTINGS, pack_rows=False))

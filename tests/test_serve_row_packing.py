@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from serve_util import random_text, tiny_backend
 
+from bertjax.data.example_packing import first_fit_decreasing
 from bertjax.serve.backend import Row
 from bertjax.serve.batcher import Batcher
 from bertjax.serve.row_packing import PackedGrid, PackPlan, pack, row_ladder
@@ -19,6 +20,16 @@ def test_row_ladder_is_fine_then_steps_by_at_most_a_quarter():
     ladder = row_ladder(200)
     assert ladder[-1] == 200 and ladder == sorted(set(ladder))
     assert all(b <= max(a + 1, a * 1.25) for a, b in zip(ladder, ladder[1:], strict=False))
+
+
+def test_pack_places_inputs_as_first_fit_decreasing_does():
+    """The server's pure-Python packing gives the rows of the fine-tuning packer's."""
+    rng = np.random.default_rng(1)
+    for _ in range(500):
+        lengths = rng.integers(1, 65, size=rng.integers(1, 40))
+        row, start = pack([int(n) for n in lengths], 64)
+        np.testing.assert_array_equal(row, first_fit_decreasing(lengths, 64))
+        _check_layout(lengths, PackPlan((int(row.max()) + 1, 64), row, start, len(lengths)))
 
 
 def _check_layout(lengths, plan):
@@ -95,6 +106,25 @@ def test_batcher_runs_packed_batches_oldest_first():
     # 64 tokens hold two rows of 32: 30 and 5 take both (30 + 5 > 32), so the second 30
     # waits; then 30 with 10 + 12 + 3 beside it (four inputs, the batch limit); then the 4.
     assert batches == [([30, 5], (2, 32)), ([30, 10, 12, 3], (2, 32)), ([4], (1, 16))]
+
+
+def test_a_full_packed_batch_runs_without_waiting_out_max_wait_ms():
+    grid = PackedGrid.build(max_seq_length=32, max_batch_size=4, max_batch_tokens=64)
+
+    async def main(lengths):
+        batcher = Batcher(lambda rows, plan: [{} for _ in rows], grid, max_wait_ms=60_000)
+        batcher.start()
+        results = await asyncio.wait_for(
+            asyncio.gather(*batcher.submit([_row(n) for n in lengths])), 30
+        )
+        await batcher.stop()
+        return results
+
+    # Four inputs (max_batch_size), or two 31-token inputs filling both 32-token rows the
+    # budget allows (not even a [CLS] [SEP] input fits beside them): the batch runs at once
+    # instead of waiting a minute for company.
+    assert len(asyncio.run(main([3, 4, 5, 6]))) == 4
+    assert len(asyncio.run(main([31, 31]))) == 2
 
 
 @pytest.fixture(scope="module")

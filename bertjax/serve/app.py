@@ -81,7 +81,7 @@ class ServerState:
         self.metrics = ServerMetrics()
         # A GPT run generates on its own worker (token by token); the others batch rows.
         self.generator = isinstance(backend, GenerationBackend)
-        self.grid: BucketGrid | None = None
+        self.grid: BucketGrid | PackedGrid | None = None
         self.batcher: Batcher | None = None
         self.worker: GenerationWorker | None = None
         if self.generator:

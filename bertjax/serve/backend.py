@@ -127,7 +127,8 @@ class EncoderBackend:
         self.task = task
         self.manifest = manifest
         self.params = jax.device_put(params)
-        self._compiled: dict[tuple[int, int], Any] = {}
+        # (batch, length) -> padded function; (rows, length, inputs) -> packed function.
+        self._compiled: dict[tuple[int, ...], Any] = {}
         self._compile_lock = threading.Lock()
 
     # -- tokenisation ---------------------------------------------------------------------------
@@ -278,16 +279,16 @@ class EncoderBackend:
         return sorted(self._compiled)
 
     def run(
-        self, rows: Sequence[Row], bucket: tuple[int, int] | PackPlan
+        self, rows: Sequence[Row], shape: tuple[int, int] | PackPlan
     ) -> list[dict[str, np.ndarray]]:
-        """Each row's outputs, the rows padded to `bucket` or packed as `plan` says (which must
-        have been compiled)."""
-        if isinstance(bucket, PackPlan):
-            return self._run_packed(rows, bucket)
-        batch_size, length = bucket
+        """Each row's outputs, the rows padded to the (batch, length) bucket `shape` or packed
+        as the `PackPlan` `shape` says (its function must have been compiled)."""
+        if isinstance(shape, PackPlan):
+            return self._run_packed(rows, shape)
+        batch_size, length = shape
         if len(rows) > batch_size or any(len(r) > length for r in rows):
-            raise ValueError(f"{len(rows)} rows do not fit the bucket {bucket}")
-        compiled = self._compiled_for(tuple(bucket))
+            raise ValueError(f"{len(rows)} rows do not fit the bucket {shape}")
+        compiled = self._compiled_for(tuple(shape))
         input_ids = np.full((batch_size, length), self.tokenizer.pad_id, np.int32)
         token_type_ids = np.zeros((batch_size, length), np.int32)
         attention_mask = np.zeros((batch_size, length), np.int32)

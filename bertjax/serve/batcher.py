@@ -71,7 +71,7 @@ class Batcher:
 
     def __init__(
         self,
-        run_fn: Callable[[Sequence[Row], Any], list[dict[str, Any]]],
+        run_fn: Callable[[Sequence[Row], tuple[int, int] | PackPlan], list[dict[str, Any]]],
         grid: BucketGrid | PackedGrid,
         *,
         max_wait_ms: float = 0.0,
@@ -144,12 +144,17 @@ class Batcher:
         self._pending = collections.deque(p for p in self._pending if not p.future.done())
         return list(self._pending)
 
-    def _take_batch(self) -> tuple[list[_Pending], Any]:
+    def _take_batch(self) -> tuple[list[_Pending], tuple[int, int] | PackPlan | None]:
         """The next batch, as the grid selects it from the queue, and its bucket or plan."""
         live = self._live()
         if not live:
             return [], None
-        chosen, plan = self.grid.select([len(p.row) for p in live])
+        try:
+            chosen, plan = self.grid.select([len(p.row) for p in live])
+        except ValueError as e:  # `submit` refuses such rows; never let one stop the collector
+            live[0].future.set_exception(e)
+            self._pending.popleft()
+            return [], None
         taken = set(chosen)
         self._pending = collections.deque(p for i, p in enumerate(live) if i not in taken)
         return [live[i] for i in chosen], plan

@@ -28,7 +28,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from bertjax.data.packing import first_fit
 from bertjax.serve.buckets import BucketGrid
 
 
@@ -61,17 +60,21 @@ class PackPlan:
 
 def pack(lengths: Sequence[int], length: int) -> tuple[np.ndarray, np.ndarray]:
     """(row, start) of each input when inputs are placed longest first into the first row of
-    `length` tokens with room for them (first-fit decreasing)."""
-    lengths = np.asarray(lengths, np.int64)
-    order = np.argsort(-lengths, kind="stable")
-    placed = first_fit(
-        lengths[order], num_rows=len(lengths), max_seq_length=length,
-        max_instances_per_row=len(lengths),
-    )  # fmt: skip
+    `length` tokens with room for them (first-fit decreasing; ties keep the queue order).
+
+    Plain Python, not `bertjax.data.packing.first_fit`'s numpy scan: a batch has tens of
+    inputs, where numpy's per-call overhead dominates, and this runs on the event loop."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    used: list[int] = []  # tokens taken in each row so far
     row = np.empty(len(lengths), np.int64)
     start = np.empty(len(lengths), np.int64)
-    row[order[placed.index]] = placed.row
-    start[order[placed.index]] = placed.offset
+    for i in order:
+        n = lengths[i]
+        r = next((r for r, taken in enumerate(used) if taken + n <= length), len(used))
+        if r == len(used):
+            used.append(0)
+        row[i], start[i] = r, used[r]
+        used[r] += n
     return row, start
 
 
@@ -81,8 +84,7 @@ class PackedGrid:
     token budget; the same interface as `BucketGrid` for the batcher (`select`, `is_full`)."""
 
     lengths: tuple[int, ...]
-    max_rows: int
-    max_examples: int
+    max_examples: int  # inputs per batch; also its most rows (a row holds at least one)
     max_batch_tokens: int
 
     @classmethod
@@ -102,7 +104,7 @@ class PackedGrid:
             max_batch_tokens=max_batch_tokens,
             min_length=min_length,
         )
-        return cls(padded.lengths, max_batch_size, max_batch_size, max_batch_tokens)
+        return cls(padded.lengths, max_batch_size, max_batch_tokens)
 
     @property
     def max_length(self) -> int:
@@ -110,7 +112,7 @@ class PackedGrid:
 
     def rows_at(self, length: int) -> list[int]:
         """The row counts compiled at `length`."""
-        return row_ladder(max(1, min(self.max_rows, self.max_batch_tokens // length)))
+        return row_ladder(max(1, min(self.max_examples, self.max_batch_tokens // length)))
 
     def shapes(self) -> list[tuple[int, int]]:
         """Every (rows, length) a plan can return, smallest length first."""
@@ -121,21 +123,35 @@ class PackedGrid:
         these lengths, and where each goes; None when no shape does."""
         if not lengths or len(lengths) > self.max_examples or max(lengths) > self.max_length:
             return None
+        total, longest = sum(lengths), max(lengths)
         best: PackPlan | None = None
         for length in self.lengths:
-            if length < max(lengths):
+            # Rows at this length can beat the best plan only if the fewest rows the tokens
+            # could fill (total / length, rounded up the ladder) cost fewer slots: skip the
+            # packing otherwise. It runs on the event loop, once per candidate batch.
+            least = -(-total // length)
+            ladder = [r for r in self.rows_at(length) if r >= least]
+            if length < longest or not ladder or (best and ladder[0] * length >= best.size):
                 continue
             row, start = pack(lengths, length)
             needed = int(row.max()) + 1
-            ladder = [r for r in self.rows_at(length) if r >= needed]
+            ladder = [r for r in ladder if r >= needed]
             if ladder and (best is None or ladder[0] * length < best.size):
                 best = PackPlan((ladder[0], length), row, start, self.max_examples)
         return best
 
     def select(self, lengths: Sequence[int]) -> tuple[list[int], PackPlan]:
         """The queued inputs (by index, oldest first) of the next batch and its plan: the
-        longest prefix of the queue that one shape holds. `lengths` is not empty."""
-        count = min(len(lengths), self.max_examples)
+        longest prefix of the queue that one shape holds. `lengths` is not empty.
+
+        First-fit decreasing is not monotone in the prefix (one more input can need fewer
+        rows), so the prefix shrinks one input at a time from the most the token budget
+        allows rather than by bisection."""
+        count, tokens = 0, 0
+        for length in lengths[: self.max_examples]:
+            if tokens + length > self.max_batch_tokens and count:
+                break
+            count, tokens = count + 1, tokens + length
         while count > 1 and self.plan(lengths[:count]) is None:
             count -= 1
         plan = self.plan(lengths[:count])
@@ -144,8 +160,11 @@ class PackedGrid:
         return list(range(count)), plan
 
     def is_full(self, lengths: Sequence[int]) -> bool:
-        """Whether the queued inputs already fill a batch (no point waiting for more)."""
-        return len(lengths) >= self.max_examples or self.plan(lengths) is None
+        """Whether the queued inputs already fill a batch: not even a [CLS] [SEP] input more
+        would fit (no point waiting for more)."""
+        if len(lengths) >= self.max_examples:
+            return True
+        return self.plan([*lengths, 2]) is None
 
     def fits_one(self, length: int) -> bool:
         """Whether an input of `length` tokens can be served at all."""

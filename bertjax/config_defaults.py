@@ -73,6 +73,10 @@ def finetune_model() -> ml_collections.ConfigDict:
     # The new head's kernel initializer: "normal" (std 0.02, transformers' BertFor* heads) or
     # "truncated_normal" (google-research/bert's, std 0.88 x 0.02); see docs/finetuning.md.
     model.head_init = "normal"
+    # The [PAD] row of the word embeddings gets no gradient (transformers' padding_idx; 0 =
+    # [PAD] in BERT's vocabularies); -1: every row trains (google-research/bert). The SQuAD
+    # span loss sees padding positions, where this shows in the score (docs/finetuning.md).
+    model.pad_token_id = 0
     model.dtype = "float32"  # compute dtype; "bfloat16" for mixed precision
     model.param_dtype = "float32"
     model.remat = "none"

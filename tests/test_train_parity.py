@@ -7,8 +7,10 @@ global-norm clipping, linear warmup + decay) against transformers' model in trai
 `torch.optim.AdamW` (decay off for biases and LayerNorm weights, as transformers' Trainer),
 `clip_grad_norm_` and `get_linear_schedule_with_warmup`, from one converted checkpoint.
 
-The heads: sequence classification, pretraining (MLM + NSP) and token classification (NER),
-whose loss is the NER task's own (`bertjax.tasks.ner.loss_fn`: the mean over labelled tokens).
+The heads: sequence classification, pretraining (MLM + NSP), token classification (NER), whose
+loss is the NER task's own (`bertjax.tasks.ner.loss_fn`: the mean over labelled tokens), and
+question answering (SQuAD), whose loss is the SQuAD task's (`bertjax.tasks.squad.loss_fn`:
+(CE(start) + CE(end)) / 2 over every position, padding included, as transformers').
 Dropout off: the two loss curves agree step by step to 1e-4 relative (float32). Dropout on:
 the masks differ, so the mean loss curves over several seeds are compared, within the spread
 of the seeds.
@@ -26,7 +28,7 @@ import pytest
 
 from bertjax import models, optim
 from bertjax.convert import from_hf
-from bertjax.tasks import ner
+from bertjax.tasks import ner, squad
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -37,7 +39,9 @@ HF_CLASSES = {
     "classification": "BertForSequenceClassification",
     "pretraining": "BertForPreTraining",
     "token_classification": "BertForTokenClassification",
+    "question_answering": "BertForQuestionAnswering",
 }
+HEADS = list(HF_CLASSES)
 RECIPE = dict(lr=1e-3, warmup=2, weight_decay=0.01, eps=1e-6, clip=1.0)
 HF_SIZES = dict(
     vocab_size=VOCAB,
@@ -68,6 +72,12 @@ def _batches(head: str) -> list[dict[str, np.ndarray]]:
             # A token's tag from its id; a third of the tokens unscored, as later subwords are.
             tags = np.where(rng.random((BATCH, LENGTH)) < 0.33, -100, ids % TAGS)
             batch["labels"] = np.where(mask == 1, tags, -100).astype(np.int32)
+        elif head == "question_answering":
+            # An answer span inside each row's real tokens, learnable from the ids around it.
+            start = rng.integers(1, lengths - 1)
+            batch["start_positions"] = start.astype(np.int32)
+            batch["end_positions"] = np.minimum(start + rng.integers(0, 3, BATCH), lengths - 1)
+            batch["end_positions"] = batch["end_positions"].astype(np.int32)
         else:
             labels = np.where(rng.random((BATCH, LENGTH)) < 0.2, ids, -100) * mask
             labels[mask == 0] = -100
@@ -93,11 +103,12 @@ def _hf_model(head: str, dropout: float, directory):
 
 
 def _bertjax_loss(model, params, batch, rng, head: str) -> jax.Array:
-    if head == "token_classification":  # the NER task's loss, as its training runs it
+    if head in ("token_classification", "question_answering"):  # the task's loss, as it trains
         weights = jnp.ones(batch["input_ids"].shape[0], jnp.float32)
-        return ner.loss_fn(
-            None, model, params, {**batch, "weights": weights}, rng, rng is not None
-        )[0]
+        task_loss = ner.loss_fn if head == "token_classification" else squad.loss_fn
+        return task_loss(None, model, params, {**batch, "weights": weights}, rng, rng is not None)[
+            0
+        ]
     rngs = {"dropout": rng} if rng is not None else None
     inputs = {k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask")}
     out = model.apply({"params": params}, inputs, train=rng is not None, rngs=rngs)
@@ -184,6 +195,10 @@ def hf_curve(directory, head: str, dropout: float, seed: int | None) -> np.ndarr
         inputs = {k: t[k] for k in ("input_ids", "token_type_ids", "attention_mask")}
         if head in ("classification", "token_classification"):
             loss = model(**inputs, labels=t["labels"]).loss
+        elif head == "question_answering":
+            loss = model(
+                **inputs, start_positions=t["start_positions"], end_positions=t["end_positions"]
+            ).loss
         else:
             loss = model(**inputs, labels=t["mlm_labels"], next_sentence_label=t["nsp_labels"]).loss
         loss.backward()
@@ -195,7 +210,7 @@ def hf_curve(directory, head: str, dropout: float, seed: int | None) -> np.ndarr
     return np.array(losses)
 
 
-@pytest.mark.parametrize("head", ["classification", "pretraining", "token_classification"])
+@pytest.mark.parametrize("head", HEADS)
 def test_dropout_off_loss_curves_agree_step_by_step(tmp_path, head):
     torch.set_num_threads(1)
     _hf_model(head, 0.0, tmp_path)
@@ -210,7 +225,7 @@ SEEDS = 4
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("head", ["classification", "pretraining", "token_classification"])
+@pytest.mark.parametrize("head", HEADS)
 def test_dropout_on_mean_loss_curves_agree_within_the_seed_spread(tmp_path, head):
     torch.set_num_threads(1)
     _hf_model(head, 0.1, tmp_path)

@@ -174,6 +174,7 @@ def config_from_hf(hf: Mapping[str, Any], head: str, **overrides: Any) -> ModelC
         layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
         hidden_act=HF_ACTIVATIONS[act],
         initializer_range=hf.get("initializer_range", 0.02),
+        pad_token_id=hf.get("pad_token_id", 0),  # BertConfig's default: [PAD] = 0
         head=head,
         num_labels=num_labels,
     )
@@ -204,7 +205,8 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
         "type_vocab_size": cfg.type_vocab_size,
         "initializer_range": cfg.initializer_range,
         "layer_norm_eps": cfg.layer_norm_eps,
-        "pad_token_id": 0,
+        # None = no padding_idx: the [PAD] row trains in transformers too (round-trips).
+        "pad_token_id": cfg.pad_token_id,
         "position_embedding_type": "absolute",
         "tie_word_embeddings": True,
     }

@@ -74,8 +74,12 @@ class BertEmbeddings(nn.Module):
         # Packed rows restart the positions at each sequence's [CLS].
         if positions is None:
             positions = jnp.arange(length)[None, :]
+        words = self.word_embeddings(input_ids)
+        if self.cfg.pad_token_id is not None:  # torch.nn.Embedding(padding_idx=...): no grad
+            is_pad = (input_ids == self.cfg.pad_token_id)[..., None]
+            words = jnp.where(is_pad, jax.lax.stop_gradient(words), words)
         x = (
-            self.word_embeddings(input_ids)
+            words
             + self.position_embeddings(positions)
             + self.token_type_embeddings(token_type_ids)
         )

@@ -62,6 +62,12 @@ class ModelConfig:
     # initializer_range); "normal" = transformers' BertFor* heads (std = initializer_range).
     # In short fine-tuning runs the head's initial scale shows in the score (docs/finetuning.md).
     head_init: str = "truncated_normal"
+    # The word-embedding row that gets no gradient from the lookup, as torch.nn.Embedding's
+    # padding_idx in transformers' BERT (its pad_token_id, 0): None = every row trains, as
+    # google-research/bert. It matters where a loss sees padding positions' outputs: the SQuAD
+    # span loss takes its softmax over every position, so the [PAD] row's gradient there grows
+    # with the padding and, through global-norm clipping, shrinks every other update.
+    pad_token_id: int | None = None
     # "encoder" (BertModel), "pretraining" (MLM + NSP), "mlm" (BertForMaskedLM: MLM only, no
     # pooler), "classification" (sequence classification / regression), "causal_lm" (GPT).
     head: str = "encoder"
@@ -106,6 +112,11 @@ class ModelConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"ModelConfig.{name}={getattr(self, name)} must be >= 1")
+        if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(
+                f"ModelConfig.pad_token_id={self.pad_token_id} is not a row of the "
+                f"{self.vocab_size}-row word embeddings (None: every row trains)"
+            )
         if self.hidden_size % self.num_heads:
             raise ValueError(
                 f"ModelConfig.hidden_size={self.hidden_size} is not divisible by "

@@ -244,6 +244,8 @@ def model_config(
     is an error saying which.
     """
     runtime = {k: config.model[k] for k in _RUNTIME_FIELDS}
+    pad = config.model.get("pad_token_id", -1)
+    runtime["pad_token_id"] = None if pad < 0 else int(pad)
     runtime["attention_impl"] = config.model.get("attention_impl", "auto")
     runtime["kernels"] = config.model.get("kernels", "auto")  # bertjax/kernels
     head = dict(head="classification", num_labels=num_labels, **runtime)

@@ -61,6 +61,20 @@ def tiny_backend(num_labels: int = 3, max_seq_length: int = 64, **kw) -> Encoder
     )
 
 
+def model_alone(backend: EncoderBackend, row) -> dict[str, np.ndarray]:
+    """`model.apply` on one row alone (batch of 1, no padding, no attention mask): what the
+    server must answer for it, whatever batch, bucket or packed row it lands in."""
+    batch = {"input_ids": row.input_ids[None], "token_type_ids": row.token_type_ids[None]}
+    out = jax.jit(backend.module.apply)({"params": backend.params}, batch)
+    hidden = np.asarray(out["hidden_states"][0])
+    return {
+        "logits": np.asarray(out["logits"][0]),
+        "pooled": np.asarray(out["pooled"][0]),
+        "cls": hidden[0],
+        "mean": hidden.mean(axis=0),
+    }
+
+
 def random_text(rng: np.random.Generator, max_words: int) -> str:
     n = int(rng.integers(1, max_words + 1))
     return " ".join(rng.choice(WORDS, size=n))

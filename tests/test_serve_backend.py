@@ -1,10 +1,9 @@
 """The encoder backend: a row's outputs equal `model.apply` on that text alone, whatever the
 batch and bucket it runs in; no bucket is ever compiled on the request path."""
 
-import jax
 import numpy as np
 import pytest
-from serve_util import random_text, tiny_backend
+from serve_util import model_alone, random_text, tiny_backend
 
 from bertjax.serve.backend import InputTooLong
 
@@ -16,26 +15,13 @@ def backend():
     return b
 
 
-def _alone(backend, row):
-    """model.apply on the row alone: batch of 1, no padding, no attention mask."""
-    batch = {"input_ids": row.input_ids[None], "token_type_ids": row.token_type_ids[None]}
-    out = jax.jit(backend.module.apply)({"params": backend.params}, batch)
-    hidden = np.asarray(out["hidden_states"][0])
-    return {
-        "logits": np.asarray(out["logits"][0]),
-        "pooled": np.asarray(out["pooled"][0]),
-        "cls": hidden[0],
-        "mean": hidden.mean(axis=0),
-    }
-
-
 def test_outputs_equal_model_apply_on_the_text_alone_in_every_bucket(backend):
     rng = np.random.default_rng(0)
     texts = [random_text(rng, 12) for _ in range(3)]
     pairs = [None, random_text(rng, 10), None]
     rows = backend.featurize(texts, pairs, truncate=False)
     assert rows[1].token_type_ids.max() == 1 and rows[0].token_type_ids.max() == 0
-    expected = [_alone(backend, r) for r in rows]
+    expected = [model_alone(backend, r) for r in rows]
     for bucket in [(4, 32), (8, 64)]:
         for got, want in zip(backend.run(rows, bucket), expected, strict=True):
             for key in want:
@@ -44,7 +30,7 @@ def test_outputs_equal_model_apply_on_the_text_alone_in_every_bucket(backend):
     assert short, "the random texts should include one that fits a 16-token bucket"
     for row in short:
         (got,) = backend.run([row], (1, 16))
-        want = _alone(backend, row)
+        want = model_alone(backend, row)
         for key in want:
             np.testing.assert_allclose(got[key], want[key], rtol=1e-6, atol=1e-6, err_msg=key)
 

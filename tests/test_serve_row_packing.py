@@ -3,10 +3,9 @@ packed input's outputs equal to the model on that text alone."""
 
 import asyncio
 
-import jax
 import numpy as np
 import pytest
-from serve_util import random_text, tiny_backend
+from serve_util import model_alone, random_text, tiny_backend
 
 from bertjax.data.example_packing import first_fit_decreasing
 from bertjax.serve.backend import Row
@@ -132,18 +131,6 @@ def backend():
     return tiny_backend(num_labels=3, max_seq_length=64)
 
 
-def _alone(backend, row):
-    batch = {"input_ids": row.input_ids[None], "token_type_ids": row.token_type_ids[None]}
-    out = jax.jit(backend.module.apply)({"params": backend.params}, batch)
-    hidden = np.asarray(out["hidden_states"][0])
-    return {
-        "logits": np.asarray(out["logits"][0]),
-        "pooled": np.asarray(out["pooled"][0]),
-        "cls": hidden[0],
-        "mean": hidden.mean(axis=0),
-    }
-
-
 def test_packed_outputs_equal_model_apply_on_each_text_alone(backend):
     grid = PackedGrid.build(max_seq_length=64, max_batch_size=8, max_batch_tokens=256)
     rng = np.random.default_rng(3)
@@ -154,7 +141,7 @@ def test_packed_outputs_equal_model_apply_on_each_text_alone(backend):
     assert len({p.bucket for p in plans}) == 3 and max(p.bucket[0] for p in plans) > 1
     assert any(np.bincount(p.row).max() > 1 for p in plans), "some row should hold two inputs"
     backend.compile([p.bucket for p in plans], examples=8)
-    expected = [_alone(backend, r) for r in rows]
+    expected = [model_alone(backend, r) for r in rows]
     for k, plan in zip((1, 3, 8), plans, strict=True):
         for got, want in zip(backend.run(rows[:k], plan), expected[:k], strict=True):
             for key in want:

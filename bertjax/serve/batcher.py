@@ -6,9 +6,8 @@ the rows no longer than its length bucket, padded to a (batch, length) bucket;
 `PackedGrid.select`: the oldest rows that one packed shape holds), optionally waiting up to
 `max_wait_ms` from the oldest row's arrival for more, and hands the batch and its bucket or
 packing plan to a single worker thread that runs the compiled function of that shape. While
-that thread computes, new rows queue up and
-form the next batch: under load batches grow by themselves, and an idle server runs a lone
-request at once. Rows whose request has gone (client disconnected, timed out) are dropped before
+that thread computes, new rows queue up and form the next batch: under load batches grow by
+themselves, and an idle server runs a lone request at once. Rows whose request has gone (client disconnected, timed out) are dropped before
 their batch is formed.
 """
 
@@ -53,7 +52,7 @@ class _Pending:
     arrived: float
 
 
-def _bucket(plan: Any) -> tuple[int, int]:
+def _bucket(plan: tuple[int, int] | PackPlan) -> tuple[int, int]:
     """The (rows, length) a batch ran at: a padded bucket, or a packed plan's."""
     return plan.bucket if isinstance(plan, PackPlan) else plan
 

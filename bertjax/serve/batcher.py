@@ -7,8 +7,8 @@ the rows no longer than its length bucket, padded to a (batch, length) bucket;
 `max_wait_ms` from the oldest row's arrival for more, and hands the batch and its bucket or
 packing plan to a single worker thread that runs the compiled function of that shape. While
 that thread computes, new rows queue up and form the next batch: under load batches grow by
-themselves, and an idle server runs a lone request at once. Rows whose request has gone (client disconnected, timed out) are dropped before
-their batch is formed.
+themselves, and an idle server runs a lone request at once. Rows whose request has gone
+(client disconnected, timed out) are dropped before their batch is formed.
 """
 
 from __future__ import annotations

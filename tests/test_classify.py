@@ -271,7 +271,8 @@ def test_auto_problem_type_is_logged_once_per_run(tmp_path, caplog):
     """build_data logs how "auto" resolved; best_metric, later in the same run, reads the
     labels again without logging it a second time."""
     config = _config(tmp_path, "review,sentiment\na,pos\nb,neg\n")
-    with caplog.at_level("INFO"):
+    # absl's logger: an earlier in-process run may have set its level (absl's --verbosity).
+    with caplog.at_level("INFO", logger="absl"):
         classify.labels_of(config)  # what build_data does first
         classify.best_metric(config)
     logged = [r for r in caplog.records if "problem_type auto" in r.getMessage()]

@@ -78,11 +78,7 @@ class BertEmbeddings(nn.Module):
         if self.cfg.pad_token_id is not None:  # torch.nn.Embedding(padding_idx=...): no grad
             is_pad = (input_ids == self.cfg.pad_token_id)[..., None]
             words = jnp.where(is_pad, jax.lax.stop_gradient(words), words)
-        x = (
-            words
-            + self.position_embeddings(positions)
-            + self.token_type_embeddings(token_type_ids)
-        )
+        x = words + self.position_embeddings(positions) + self.token_type_embeddings(token_type_ids)
         x = nn.with_logical_constraint(x, layers.ACT_BTE)
         return self.dropout(self.layer_norm(x), deterministic=deterministic)
 

@@ -196,10 +196,10 @@ class EncoderBackend:
         return result
 
     def _forward_packed(self, params: Any, input_ids: jax.Array, token_type_ids: jax.Array,
-                        segment_ids: jax.Array, positions: jax.Array, cls_index: jax.Array,
-                        example_of_token: jax.Array) -> dict[str, jax.Array]:  # fmt: skip
+                        segment_ids: jax.Array, positions: jax.Array,
+                        cls_index: jax.Array) -> dict[str, jax.Array]:  # fmt: skip
         """`_forward` on packed rows: outputs per input ([E, ...]), read at `cls_index` and
-        averaged over each input's tokens (`example_of_token`; E marks padding)."""
+        averaged over each input's tokens (input i has segment id i + 1; 0 is padding)."""
         batch = {
             "input_ids": input_ids,
             "token_type_ids": token_type_ids,
@@ -211,7 +211,8 @@ class EncoderBackend:
         hidden = out["hidden_states"].astype(jnp.float32)
         flat = hidden.reshape(-1, hidden.shape[-1])
         examples = cls_index.shape[0]
-        owner = example_of_token.reshape(-1)
+        segments = segment_ids.reshape(-1)
+        owner = jnp.where(segments > 0, segments - 1, examples)  # E: padding, sliced off
         sums = jax.ops.segment_sum(flat, owner, num_segments=examples + 1)[:examples]
         counts = jax.ops.segment_sum(jnp.ones_like(owner, jnp.float32), owner, examples + 1)
         result = {
@@ -248,7 +249,7 @@ class EncoderBackend:
             if examples is None:
                 return jitted.lower(params_spec, ids, ids, ids).compile()
             cls_index = jax.ShapeDtypeStruct((examples,), jnp.int32)
-            return jitted.lower(params_spec, ids, ids, ids, ids, cls_index, ids).compile()
+            return jitted.lower(params_spec, ids, ids, ids, ids, cls_index).compile()
 
         suffix = () if examples is None else (examples,)
         with self._compile_lock:
@@ -311,7 +312,6 @@ class EncoderBackend:
         token_type_ids = np.zeros((num_rows, length), np.int32)
         segment_ids = np.zeros((num_rows, length), np.int32)  # 0: padding, attends only padding
         positions = np.zeros((num_rows, length), np.int32)
-        owner = np.full((num_rows, length), plan.examples, np.int32)  # E: no input's token
         cls_index = np.zeros(plan.examples, np.int32)  # unused inputs read token 0, discarded
         for i, (row, r, start) in enumerate(zip(rows, plan.row, plan.start, strict=True)):
             if row.attention_mask is not None:
@@ -323,12 +323,9 @@ class EncoderBackend:
             token_type_ids[r, span] = row.token_type_ids
             segment_ids[r, span] = i + 1
             positions[r, span] = np.arange(n)
-            owner[r, span] = i
             cls_index[i] = r * length + start
         outputs = jax.device_get(
-            compiled(
-                self.params, input_ids, token_type_ids, segment_ids, positions, cls_index, owner
-            )  # fmt: skip
+            compiled(self.params, input_ids, token_type_ids, segment_ids, positions, cls_index)
         )
         return [{k: np.asarray(v[i]) for k, v in outputs.items()} for i in range(len(rows))]
 

@@ -66,7 +66,9 @@ class BertEmbeddings(nn.Module):
         positions: Array | None = None,
     ) -> Array:
         length = input_ids.shape[1]
-        if length > self.cfg.max_position_embeddings:
+        # Packed rows (explicit positions, restarting per sequence) may be longer than any
+        # one sequence; their positions are the caller's to keep in range.
+        if positions is None and length > self.cfg.max_position_embeddings:
             raise ValueError(
                 f"sequence length {length} > max_position_embeddings "
                 f"{self.cfg.max_position_embeddings}"

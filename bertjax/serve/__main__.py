@@ -36,7 +36,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.0,
         help="Wait for more rows up to this long (0: never).",
     )
-    p.add_argument("--min_bucket_length", type=int, default=16, help="Shortest length bucket.")
+    p.add_argument(
+        "--min_bucket_length",
+        type=int,
+        default=16,
+        help="Shortest length bucket; packed row lengths step by multiples of it.",
+    )
     p.add_argument(
         "--pack_rows",
         action=argparse.BooleanOptionalAction,

@@ -17,9 +17,9 @@ equal `model.apply` on that text alone (up to float rounding).
 
 The grid of packed shapes is every (rows, length) with rows x length within the token budget,
 both on ladders whose steps are at most a quarter: rows 1..8, 10, 12, 15, ...; row lengths in
-multiples of the smallest bucket (16: 16, 32, ..., 128, 160, 192, 240, ...). A batch then
-runs at most ~25% more slots than a perfect packing in each direction, where doubling
-buckets waste up to 2x. Rows are at least 128 tokens long when the budget allows, even for a
+multiples of the smallest bucket (16: 16, 32, ..., 128, 160, 192, 240, ...). Rounding a
+packing up to a compiled shape then adds at most ~25% in each direction, where doubling
+buckets add up to 2x. Rows are at least 128 tokens long when the budget allows, even for a
 run fine-tuned at 64: positions restart in each input, so a row may hold more tokens than
 one input may, and short inputs pack better into longer rows (attention over a row of 128
 costs all-MiniLM-L6-v2 ~10% more per token than over 16). Each shape also fixes the number of

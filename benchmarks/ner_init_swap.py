@@ -17,30 +17,13 @@ swapped, config.model.head_init). Prints the test entity F1 (benchmarks/RESULTS.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 
 import _common
-import numpy as np
+from qa_ner_vs_transformers import replay_transformers_draws
 
 CONLL = _common.REPO.parent / "shared" / "data" / "ner" / "conll2003"
 NUM_TRAIN = 5000
-
-
-def transformers_draws(seed: int, num_labels: int) -> tuple[np.ndarray, np.ndarray, list]:
-    """(head kernel [H, tags], head bias, one permutation per epoch) of the torch side."""
-    import torch
-    import transformers
-
-    torch.manual_seed(seed)  # as qa_ner_vs_transformers.run_transformers, before the model
-    model = transformers.BertForTokenClassification.from_pretrained(
-        _common.model_dir(), num_labels=num_labels
-    )
-    kernel = model.classifier.weight.detach().numpy().T.copy()
-    bias = model.classifier.bias.detach().numpy().copy()
-    generator = torch.Generator().manual_seed(seed)
-    orders = [torch.randperm(NUM_TRAIN, generator=generator).numpy() for _ in range(3)]
-    return kernel, bias, orders
 
 
 def main() -> None:
@@ -50,27 +33,15 @@ def main() -> None:
     parser.add_argument("--head_init", default="normal", help="config.model.head_init")
     args = parser.parse_args()
 
-    from bertjax import config_lib, tasks
-    from bertjax.data import batching, conll
-    from bertjax.tasks import finetune, ner
+    from bertjax import config_lib
 
-    names = conll.tag_names(conll.read_conll(str(CONLL / "train.txt"))[:NUM_TRAIN])
-    kernel, bias, orders = transformers_draws(args.seed, len(names))
-    if args.swap in ("order", "both"):
-
-        def permutation(self, epoch: int) -> np.ndarray:
-            assert self.num_rows == NUM_TRAIN, self.num_rows
-            return orders[epoch]
-
-        batching.EpochOrder.permutation = permutation
-    if args.swap in ("init", "both"):
-
-        def init_params(config, model_cfg, params):
-            params = dict(finetune.init_params(config, model_cfg, params))
-            params["classifier"] = {"kernel": kernel, "bias": bias}
-            return params
-
-        tasks.register(dataclasses.replace(ner.TASK, init_params=init_params))
+    replay_transformers_draws(
+        "ner",
+        args.seed,
+        NUM_TRAIN,
+        head=args.swap in ("init", "both"),
+        order=args.swap in ("order", "both"),
+    )
     overrides = {
         "init_from": _common.model_dir(),
         "data.max_seq_length": 128,

@@ -23,6 +23,13 @@ training and not the pre-processing, the transformers side trains on the very wi
 first-piece rows bertjax makes (`bertjax.data.squad.featurize`, `bertjax.data.conll.featurize`)
 and its logits go through the same span selection (`bertjax.inference.qa.postprocess`) and
 metrics. Each (side, seed) runs in a fresh process; results are appended to --out as JSON lines.
+
+A third side, `bertjax-replay`, is bertjax's training replaying the transformers side's random
+draws for the seed: its task head as `torch.manual_seed(seed)` then `from_pretrained` draws it,
+and its batch order (`torch.randperm` per epoch). With the draws shared, the two sides differ
+only in their code and their dropout masks, so the comparison is not swamped by the spread
+between seeds (common random numbers): at 282 SQuAD steps each side's EM moves by 5-6 points
+from one seed to the next.
 """
 
 from __future__ import annotations
@@ -60,8 +67,75 @@ def _tokenizer():
 # ---------------------------------------------------------------------------------------------
 
 
+def transformers_draws(task: str, seed: int, num_labels: int = 0):
+    """The transformers side's random draws for `seed`: (head kernel [H, out], head bias [out],
+    orders), where `orders(num_rows, epoch)` is its batch order in that epoch."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)  # as run_transformers, before the model
+    if task == "squad":
+        model = transformers.BertForQuestionAnswering.from_pretrained(_common.model_dir())
+        head = model.qa_outputs
+    else:
+        model = transformers.BertForTokenClassification.from_pretrained(
+            _common.model_dir(), num_labels=num_labels
+        )
+        head = model.classifier
+    kernel = head.weight.detach().numpy().T.copy()
+    bias = head.bias.detach().numpy().copy()
+    generator = torch.Generator().manual_seed(seed)  # as _torch_train
+    drawn: list = []
+
+    def orders(num_rows: int, epoch: int):
+        while len(drawn) <= epoch:  # one randperm per epoch, in order, as the torch loop
+            drawn.append(torch.randperm(num_rows, generator=generator).numpy())
+        if len(drawn[epoch]) != num_rows:
+            raise ValueError(f"{num_rows} training rows, the draws were for {len(drawn[epoch])}")
+        return drawn[epoch]
+
+    return kernel, bias, orders
+
+
+def replay_transformers_draws(
+    task: str, seed: int, max_train: int = 5000, *, head: bool = True, order: bool = True
+) -> None:
+    """Makes bertjax's next run of `task` start from the transformers side's head draw and
+    visit its rows in the transformers side's order (patching `EpochOrder.permutation` and
+    re-registering the task with that head). `max_train`: NER's training sentences, whose
+    tags size the head."""
+    import dataclasses
+
+    from bertjax import tasks
+    from bertjax.data import batching, conll
+    from bertjax.tasks import finetune, ner, squad
+
+    num_labels = 0
+    if task == "ner":
+        sentences = conll.read_conll(str(CONLL / "train.txt"))
+        num_labels = len(conll.tag_names(sentences[:max_train] if max_train else sentences))
+    kernel, bias, orders = transformers_draws(task, seed, num_labels)
+    if order:
+        batching.EpochOrder.permutation = lambda self, epoch: orders(self.num_rows, epoch)
+    if head:
+        name = "qa_outputs" if task == "squad" else "classifier"
+
+        def init_params(config, model_cfg, params):
+            params = dict(finetune.init_params(config, model_cfg, params))
+            if params[name]["kernel"].shape != kernel.shape:
+                raise ValueError(f"{name}: {params[name]['kernel'].shape} vs {kernel.shape}")
+            params[name] = {"kernel": kernel, "bias": bias}
+            return params
+
+        base = squad.TASK if task == "squad" else ner.TASK
+        tasks.register(dataclasses.replace(base, init_params=init_params))
+
+
 def run_bertjax(args: argparse.Namespace) -> dict:
     from bertjax import config_lib
+
+    if args.side == "bertjax-replay":
+        replay_transformers_draws(args.task, args.seed, args.max_train)
 
     common = {
         "init_from": _common.model_dir(),
@@ -247,12 +321,12 @@ def report(path: pathlib.Path) -> str:
         for side, vals in means.items():
             mean_of[side] = [statistics.mean(col) for col in zip(*vals, strict=True)]
             out.append(f"| {side} | mean | {' | '.join(f'{v:.2f}' for v in mean_of[side])} | | |")
-        if len(mean_of) == 2 and {"bertjax", "transformers"} <= set(mean_of):
-            diffs = [
-                a - b for a, b in zip(mean_of["bertjax"], mean_of["transformers"], strict=True)
-            ]
+        for side in ("bertjax", "bertjax-replay"):
+            if side not in mean_of or "transformers" not in mean_of:
+                continue
+            diffs = [a - b for a, b in zip(mean_of[side], mean_of["transformers"], strict=True)]
             out.append(
-                "\nmean difference (bertjax - transformers), points: "
+                f"\nmean difference ({side} - transformers), points: "
                 + ", ".join(f"{n} {d:+.2f}" for n, d in zip(names, diffs, strict=True))
             )
     return "\n".join(out)
@@ -266,7 +340,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", choices=("squad", "ner"), default="squad")
     parser.add_argument("--seeds", default="0,1")
-    parser.add_argument("--sides", default="bertjax,transformers")
+    parser.add_argument("--sides", default="bertjax,transformers",
+                        help="of bertjax, transformers, bertjax-replay")  # fmt: skip
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-5)
@@ -281,6 +356,9 @@ def main() -> None:
     parser.add_argument("--side", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    unknown = set(args.sides.split(",")) - {"bertjax", "transformers", "bertjax-replay"}
+    if unknown:
+        parser.error(f"--sides: unknown {sorted(unknown)}")
     if args.report:
         print(report(pathlib.Path(args.out)))
         return
@@ -292,7 +370,7 @@ def main() -> None:
         args.max_eval = 2000 if args.task == "squad" else 0
     if args.side:
         _common.print_result(
-            args, _recipe(args), run_bertjax if args.side == "bertjax" else run_transformers
+            args, _recipe(args), run_transformers if args.side == "transformers" else run_bertjax
         )
         return
     flags = ("task", "epochs", "batch_size", "lr", "max_seq_length", "doc_stride", "max_train")

@@ -1,7 +1,7 @@
 """SQuAD and CoNLL-2003 fine-tuning, bertjax vs transformers (PyTorch): same checkpoint, recipe,
 windows and seeds.
 
-    # the issue's recipes (4 trainings per task: 2 seeds x 2 sides)
+    # the issue's recipes (6 trainings per task: 2 seeds x 3 sides, see bertjax-replay below)
     python benchmarks/qa_ner_vs_transformers.py --task=squad --seeds=0,1
     python benchmarks/qa_ner_vs_transformers.py --task=ner --seeds=0,1
     # reduced sizes for a loaded CPU
@@ -340,7 +340,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", choices=("squad", "ner"), default="squad")
     parser.add_argument("--seeds", default="0,1")
-    parser.add_argument("--sides", default="bertjax,transformers",
+    parser.add_argument("--sides", default="bertjax,transformers,bertjax-replay",
                         help="of bertjax, transformers, bertjax-replay")  # fmt: skip
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch_size", type=int, default=32)

@@ -191,7 +191,7 @@ def _torch_train(args, model, tensors: dict, loss_of) -> float:
     steps_per_epoch = -(-n // args.batch_size)
     total = args.epochs * steps_per_epoch
     optimizer, scheduler = _common.torch_adamw(model, args.lr, total)
-    generator = torch.Generator().manual_seed(args.seed)
+    generator = torch.Generator().manual_seed(args.seed)  # transformers_draws replays it
     model.train()
     start = time.time()
     for _ in range(args.epochs):
@@ -230,7 +230,7 @@ def run_transformers(args: argparse.Namespace) -> dict:
     from bertjax.inference import qa as qa_inference
 
     start = time.time()
-    torch.manual_seed(args.seed)
+    torch.manual_seed(args.seed)  # draws the head below; transformers_draws replays it
     tok = _tokenizer()
     keys = ("input_ids", "token_type_ids", "attention_mask")
     if args.task == "squad":
